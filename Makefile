@@ -1,0 +1,34 @@
+# Quick start: `make demo` trains the default experiment, `make test` runs the tests.
+# Each creates .venv on first use. torch is pinned to 2.13.0 so that a CPU
+# machine installs the CPU build from its local wheel instead of a multi-GB CUDA build.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-all bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test,mujoco]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lifelong train configs/ppo_cartpole.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow or ci"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ppo_cartpole.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,6 @@
+"""Algorithms: each registers a trainer factory under its ``agent.name``."""
+
+from lifelong.agents import ppo  # noqa: F401  (registers "ppo")
+from lifelong.agents.base import Agent, Trainer
+
+__all__ = ["Agent", "Trainer"]
