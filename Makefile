@@ -7,28 +7,31 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-fast bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[test,mujoco]"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lifelong train configs/ppo_cartpole.yaml
+	$(BIN)/lifelong train configs/ppo_cartpole.yaml --run-dir runs/ppo_cartpole_$$(date +%Y%m%d-%H%M%S)
 
+# The whole suite, learning tests (marked slow) included: what CI runs.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow or ci"
-
-test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Unit and property tests only.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ppo_cartpole.py
+	$(BIN)/python benchmarks/ppo_halfcheetah_sps.py
 
 clean:
 	rm -rf $(VENV) runs

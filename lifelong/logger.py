@@ -48,22 +48,27 @@ class Logger:
         self._pending_returns: list[torch.Tensor] = []
         self._pending_lengths: list[torch.Tensor] = []
         self._bar = None
+        self._want_bar = progress
+        self._start_step = start_step
         self._sps_step = start_step
         self._flushed_step = start_step
         self._sps_time = time.perf_counter()
         self._timers: dict[str, float] = {}
-        if progress:
-            from tqdm import tqdm
 
-            self._bar = tqdm(
-                total=total_steps,
-                initial=start_step,
-                unit="step",
-                unit_scale=True,
-                dynamic_ncols=True,
-                file=sys.stderr,
-                mininterval=0.5,
-            )
+    def _open_bar(self) -> None:
+        # Opened on first use, so errors raised while a trainer is being built print cleanly.
+        from tqdm import tqdm
+
+        self._want_bar = False
+        self._bar = tqdm(
+            total=self.total_steps,
+            initial=self._start_step,
+            unit="step",
+            unit_scale=True,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=0.5,
+        )
 
     # ----------------------------------------------------------------- scalars
     def scalar(self, name: str, value: float, step: int) -> None:
@@ -133,6 +138,8 @@ class Logger:
 
     def progress(self, step: int, sps: float | None = None, **fields: Any) -> None:
         """Move the progress bar to ``step`` and show SPS and the recent mean return."""
+        if self._want_bar:
+            self._open_bar()
         if self._bar is None:
             return
         self._bar.update(max(0, step - self._bar.n))

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -128,12 +129,13 @@ def check_finite(state: Any, where: str = "") -> str | None:
 
 @dataclass
 class EvalRecord:
-    """One evaluation: env step, mean and std of the return, episodes."""
+    """One evaluation: env step, mean and std of the return, episodes, training wall time then."""
 
     step: int
     mean: float
     std: float
     episodes: int
+    wall_time_s: float = 0.0
 
 
 @dataclass
@@ -151,6 +153,8 @@ class Run:
     resumed_from: Path | None = None
     env_seed: int = 0
     resumes: int = 0
+    created_dir: bool = False
+    eval_time: float = 0.0
     _start: float = field(default_factory=time.perf_counter)
     _next_log: int = 0
     _next_eval: int = 0
@@ -170,10 +174,11 @@ class Run:
                 f"run dir {str(path)!r} already holds a run; continue it with `lifelong train --resume {path}` "
                 "or choose another with --run-dir or run.name=..."
             )
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.yaml").write_text(dump_yaml(cfg))
         seed_everything(cfg.run.seed)
-        run = cls(cfg=cfg, dir=path, device=device, env_seed=cfg.run.seed)
+        run = cls(cfg=cfg, dir=path, device=device, env_seed=cfg.run.seed, created_dir=created)
         run._open(logger)
         return run
 
@@ -206,6 +211,7 @@ class Run:
         run = cls(cfg=cfg, dir=path, device=device, resumed_from=ckpt_path)
         run.step = int(payload["step"])
         run.wall_time = float(payload.get("wall_time", 0.0))
+        run.eval_time = float(payload.get("eval_time", 0.0))
         run.evals = [EvalRecord(**e) for e in payload.get("evals", [])]
         # Fresh episodes after a resume must not replay the ones at the start of the run.
         run.env_seed = cfg.run.seed + 7919 * (int(payload.get("resumes", 0)) + 1)
@@ -261,6 +267,7 @@ class Run:
         from lifelong.evaluation import evaluate_policy
 
         run = self.cfg.run
+        started = time.perf_counter()
         result, self._eval_env = evaluate_policy(
             trainer.agent,
             self.cfg,
@@ -270,7 +277,8 @@ class Run:
             deterministic=run.eval_deterministic,
             env=self._eval_env,
         )
-        record = EvalRecord(self.step, result["mean"], result["std"], result["episodes"])
+        self.eval_time += time.perf_counter() - started
+        record = EvalRecord(self.step, result["mean"], result["std"], result["episodes"], round(self.elapsed(), 3))
         self.evals.append(record)
         self.logger.scalars({"eval/return": record.mean, "eval/return_std": record.std}, self.step)
         self.logger.progress(self.step, eval=record.mean)
@@ -285,6 +293,7 @@ class Run:
             "format": 1,
             "step": self.step,
             "wall_time": self.elapsed(),
+            "eval_time": self.eval_time,
             "resumes": self.resumes,
             "evals": [vars(e) for e in self.evals],
             "config": to_dict(self.cfg),
@@ -332,6 +341,7 @@ class Run:
             "env": self.cfg.env.id,
             "steps": self.step,
             "wall_time_s": round(self.elapsed(), 3),
+            "eval_time_s": round(self.eval_time, 3),
             "final_eval": vars(final) if final else None,
             "best_eval": vars(best) if best else None,
             "evals": [vars(e) for e in self.evals],
@@ -377,7 +387,14 @@ def train(cfg: Config | None = None, run_dir: str | Path | None = None, *, resum
     try:
         if run.cfg.run.torch_threads:
             torch.set_num_threads(run.cfg.run.torch_threads)
-        trainer = make_trainer(run.cfg, run)
+        try:
+            trainer = make_trainer(run.cfg, run)
+        except BaseException:
+            # Nothing was trained: leave no half-made run dir behind (only one this call created).
+            run.close()
+            if run.created_dir and not run.checkpoints.paths():
+                shutil.rmtree(run.dir, ignore_errors=True)
+            raise
         if payload is not None:
             trainer.load_state_dict(payload["trainer"])
             run.logger.write(f"resumed {run.dir} from {run.resumed_from.name} at step {run.step}")
