@@ -44,7 +44,7 @@ def run_lifelong(seed: int, budget: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         results = train(cfg, f"{tmp}/run")
     solved = next((e for e in results["evals"] if e["mean"] >= THRESHOLD), None)
-    train_time = results["wall_time_s"] - results["eval_time_s"]
+    train_time = results["wall_time_s"] - results["eval_time_s"] - results["setup_time_s"]
     return {
         "solved_at": time.time() if solved else None,
         "steps": solved["step"] if solved else None,

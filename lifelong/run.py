@@ -155,6 +155,7 @@ class Run:
     resumes: int = 0
     created_dir: bool = False
     eval_time: float = 0.0
+    setup_time: float = 0.0
     _start: float = field(default_factory=time.perf_counter)
     _next_log: int = 0
     _next_eval: int = 0
@@ -342,6 +343,7 @@ class Run:
             "steps": self.step,
             "wall_time_s": round(self.elapsed(), 3),
             "eval_time_s": round(self.eval_time, 3),
+            "setup_time_s": round(self.setup_time, 3),
             "final_eval": vars(final) if final else None,
             "best_eval": vars(best) if best else None,
             "evals": [vars(e) for e in self.evals],
@@ -399,7 +401,8 @@ def train(cfg: Config | None = None, run_dir: str | Path | None = None, *, resum
             trainer.load_state_dict(payload["trainer"])
             run.logger.write(f"resumed {run.dir} from {run.resumed_from.name} at step {run.step}")
         else:
-            run.logger.write(f"run dir: {run.dir}  (TensorBoard: tensorboard --logdir {run.dir.parent})")
+            run.logger.write(f"run dir: {run.dir}  (TensorBoard: tensorboard --logdir {run.dir})")
+        run.setup_time = time.perf_counter() - run._start  # building nets and envs, first imports
         trainer.train()
         return run.finish(trainer)
     except BaseException:
