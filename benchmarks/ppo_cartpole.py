@@ -5,8 +5,10 @@ own imports: "from process start" is from the moment its process is spawned),
 alternating contenders seed by seed so machine noise hits both alike. Both use
 RL-Zoo's tuned CartPole-v1 PPO hyperparameters (8 envs, n_steps 32, batch 256,
 20 epochs, gamma 0.98, GAE lambda 0.8, lr 1e-3 and clip 0.2 annealed) and the same
-evaluation protocol: every 2,048 env steps, 20 deterministic episodes on 8 envs,
-stopping at the first mean return >= 475.
+evaluation protocol: every 2,048 env steps, 20 deterministic episodes on 20 envs,
+stopping at the first mean return >= 475. Both train with one torch thread (the
+lifelong preset's setting; faster for small networks); `sb3_default` is SB3 as
+shipped, with torch's default thread count, for context.
 
 Printed per contender and seed: seconds from process start to solved, env steps
 then, training SPS (env steps per second of training, evaluation time excluded),
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median, spawn  # noqa: E402
 
 EVAL_EVERY = 2048
 EVAL_EPISODES = 20
@@ -38,7 +42,7 @@ def run_lifelong(seed: int, budget: int) -> dict:
     cfg = load_config(
         "configs/ppo_cartpole.yaml",
         [f"run.seed={seed}", f"run.total_steps={budget}", f"run.eval_every={EVAL_EVERY}",
-         f"run.eval_episodes={EVAL_EPISODES}", "run.eval_num_envs=8", f"run.stop_return={THRESHOLD}",
+         f"run.eval_episodes={EVAL_EPISODES}", "run.eval_num_envs=20", f"run.stop_return={THRESHOLD}",
          "run.checkpoint_every=0", "run.progress=false"],
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,20 +57,21 @@ def run_lifelong(seed: int, budget: int) -> dict:
     }
 
 
-def run_sb3(seed: int, budget: int) -> dict:
+def run_sb3(seed: int, budget: int, one_thread: bool = True) -> dict:
     """Train SB3 PPO (Gymnasium CartPole-v1, DummyVecEnv) with RL-Zoo hyperparameters until solved."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
     from stable_baselines3.common.env_util import make_vec_env
 
-    torch.set_num_threads(1)  # the same thread setting as the lifelong preset
+    if one_thread:
+        torch.set_num_threads(1)  # the same thread setting as the lifelong preset
 
     def linear(start: float):
         return lambda progress: progress * start
 
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
-    eval_env = make_vec_env("CartPole-v1", n_envs=8, seed=seed + 1_000_003)
+    eval_env = make_vec_env("CartPole-v1", n_envs=EVAL_EPISODES, seed=seed + 1_000_003)
 
     class TimedEval(EvalCallback):
         eval_seconds = 0.0
@@ -95,19 +100,8 @@ def run_sb3(seed: int, budget: int) -> dict:
     }
 
 
-WORKERS = {"lifelong": run_lifelong, "sb3": run_sb3}
-
-
-def spawn(name: str, seed: int, budget: int) -> dict:
-    """Run one contender in a fresh process; add seconds from spawn to solved."""
-    started = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--worker", name, "--seed", str(seed), "--budget", str(budget)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["seconds_to_solve"] = out["solved_at"] - started if out["solved_at"] else None
-    return out
+WORKERS = {"lifelong": run_lifelong, "sb3": run_sb3,
+           "sb3_default": lambda seed, budget: run_sb3(seed, budget, one_thread=False)}
 
 
 def main() -> None:
@@ -125,28 +119,24 @@ def main() -> None:
     rows: dict[str, list[dict]] = {name: [] for name in WORKERS}
     print(f"{'contender':<10} {'seed':>4} {'s to 475':>9} {'steps':>8} {'train SPS':>10}")
     for seed in range(args.seeds):
-        for name in ("sb3", "lifelong") if seed % 2 else ("lifelong", "sb3"):
-            row = spawn(name, seed, args.budget)
+        order = list(WORKERS)
+        for name in order[seed % len(order):] + order[: seed % len(order)]:
+            row = spawn(__file__, name, seed, "--budget", str(args.budget))
             rows[name].append(row)
             secs = f"{row['seconds_to_solve']:.1f}" if row["seconds_to_solve"] else "unsolved"
             print(f"{name:<10} {seed:>4} {secs:>9} {row['steps'] or '-':>8} {row['train_sps']:>10,.0f}", flush=True)
 
-    def median(name: str, key: str) -> float | None:
-        values = [r[key] for r in rows[name] if r[key] is not None]
-        return statistics.median(values) if values else None
-
     print()
-    for key, label in (("seconds_to_solve", "seconds to 475"), ("steps", "env steps to 475"),
-                       ("train_sps", "training SPS")):
-        ours, peer = median("lifelong", key), median("sb3", key)
-        if ours is None or peer is None:
-            print(f"{label:<18} lifelong {ours}  sb3 {peer}")
-            continue
-        ratio = peer / ours if key != "train_sps" else ours / peer
-        better = "faster" if key != "steps" else "fewer"
-        if key == "train_sps":
-            better = "more"
-        print(f"{label:<18} lifelong {ours:>10,.1f}  sb3 {peer:>10,.1f}  ratio {ratio:.2f}x ({better} for lifelong)")
+    print("medians; ratio = how many times better lifelong is")
+    for peer_name in ("sb3", "sb3_default"):
+        for key, label in (("seconds_to_solve", "seconds to 475"), ("steps", "env steps to 475"),
+                           ("train_sps", "training SPS")):
+            ours, peer = median(rows["lifelong"], key), median(rows[peer_name], key)
+            if ours is None or peer is None:
+                print(f"{label:<18} lifelong {ours}  {peer_name} {peer}")
+                continue
+            ratio = ours / peer if key == "train_sps" else peer / ours
+            print(f"{label:<18} lifelong {ours:>10,.1f}  {peer_name:<11} {peer:>10,.1f}  ratio {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,57 @@ def test_errors_are_one_line(args, message, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "warn" not in line.lower()]
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
+
+
+USER_ENV = '''
+import gymnasium as gym
+import numpy as np
+
+
+class Corridor(gym.Env):
+    """Walk right along a corridor of `size` cells; reaching the end pays 1."""
+
+    def __init__(self, size=4):
+        self.size = size
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.pos = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.pos = max(0, self.pos + (1 if action == 1 else -1))
+        done = self.pos >= self.size
+        return np.array([self.pos / self.size], np.float32), float(done), done, False, {}
+'''
+
+
+@pytest.mark.parametrize("how", ["import", "module:Class"])
+def test_user_env_plugs_in_without_platform_changes(tmp_path, how):
+    pkg = tmp_path / "userpkg"
+    pkg.mkdir()
+    (pkg / "envs.py").write_text(USER_ENV)
+    (pkg / "__init__.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register(id='UserCorridor-v0', entry_point='userpkg.envs:Corridor', max_episode_steps=20)\n"
+    )
+    env_args = (["env.import=userpkg", "env.id=UserCorridor-v0"] if how == "import"
+                else ["env.id=userpkg.envs:Corridor", "env.max_episode_steps=20"])
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lifelong.cli", "train", str(ROOT / "configs/ppo_cartpole.yaml"),
+         "env.backend=gymnasium", "env.num_envs=4", "env.kwargs={size: 3}", *env_args, *FAST,
+         "run.total_steps=2048", "agent.minibatch_size=128", "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    # the corridor is solved by always walking right: return 1 within 20 steps
+    assert results["final_eval"]["mean"] == pytest.approx(1.0)
+    check = subprocess.run([sys.executable, "-m", "lifelong.cli", "check-env", "userpkg.envs:Corridor"],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout
