@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -164,8 +165,10 @@ class EnvPoolVecEnv(VecEnv):
         self._env = self._make(seed)
         self._seed = seed
         self._fresh = True  # built with self._seed and never reset yet
-        raw_obs_space = self._env.observation_space
-        self.action_space = self._env.action_space
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*precision lowered.*")  # see _make
+            raw_obs_space = self._env.observation_space
+            self.action_space = self._env.action_space
         _check_spaces(raw_obs_space, self.action_space, f"EnvPool env {cfg.id!r}")
         self.observation_space = exposed_observation_space(raw_obs_space)
         self._obs = _obs_converter(raw_obs_space, self.device, copy=False)
@@ -175,7 +178,10 @@ class EnvPoolVecEnv(VecEnv):
         import envpool
 
         try:
-            return envpool.make(self._id, seed=seed, **self._make_kwargs)
+            with warnings.catch_warnings():
+                # EnvPool declares float64 bounds for float32 spaces; Gymnasium warns about the cast each time.
+                warnings.filterwarnings("ignore", message=".*precision lowered.*")
+                return envpool.make(self._id, seed=seed, **self._make_kwargs)
         except TypeError as e:
             fields = [f for f in envpool.make_spec(self._id).config._fields if f not in ("num_envs", "seed")]
             raise ConfigError(
