@@ -70,6 +70,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pbt(args: argparse.Namespace) -> int:
+    """Train a population (or resume one) and print the best member."""
+    from lifelong.population import Population
+
+    if args.resume:
+        if args.config and "=" not in args.config:
+            raise UsageError("give either CONFIG or --resume DIR, not both")
+        if args.config or args.overrides:
+            raise UsageError("a population resumes with its saved config; overrides are not taken with --resume")
+        pop = Population.resume(args.resume)
+        root = Path(args.resume)
+    else:
+        if not args.config:
+            raise UsageError("missing CONFIG (a YAML file or preset name with a pbt: section)")
+        cfg = load_config(resolve_config_path(args.config), args.overrides)
+        root = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.run.name
+        pop = Population.create(cfg, root)
+    results = pop.run()
+    print(f"done: best member m{results['best_member']} score {results['best_score']:.2f} "
+          f"with {results['best_hparams']}\npopulation dir: {root}\nwatch: tensorboard --logdir {root}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the newest checkpoint of a run dir, or a checkpoint file."""
     import json
@@ -186,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest good checkpoint")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("pbt", help="population based training (CONFIG with a pbt: section, or --resume DIR)")
+    p.add_argument("config", nargs="?", help="YAML file or preset name")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pbt.population=8")
+    p.add_argument("--run-dir", help="population directory (default runs/<run.name>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the population in DIR")
+    p.set_defaults(func=cmd_pbt)
+
     p = sub.add_parser("eval", help="evaluate a run dir or checkpoint")
     p.add_argument("target", help="run dir or checkpoint file")
     p.add_argument("--episodes", type=int, default=20)
@@ -218,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Overrides may come after options (`train CONFIG --run-dir D key=value`): collect them too.
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if "=" not in a or a.startswith("-")]
-    if stray or (extra and args.command != "train"):
+    if stray or (extra and args.command not in ("train", "pbt")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra

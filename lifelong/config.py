@@ -108,12 +108,83 @@ class EnvConfig:
 
 
 @dataclass
+class PBTConfig:
+    """Population Based Training: population, schedule of exploit/explore, mutations, backend.
+
+    ``hyperparams`` maps dotted config keys to their priors, for example
+    ``{agent.lr: {low: 1e-4, high: 1e-2, scale: log}, agent.epochs: {low: 2, high: 20,
+    scale: linear, integer: true}}``.
+    """
+
+    population: int = setting(4, "Members trained together.", low=2)
+    ready_steps: int = setting(10_000, "Env steps a member trains between exploit/explore decisions.", low=1)
+    burn_in_steps: int = setting(0, "No exploit before a member has trained this many env steps.", low=0)
+    quantile: float = setting(0.25, "Bottom fraction that copies from the top fraction of the same size.",
+                              low=0.0, high=0.5, low_open=True)
+    perturb_factors: list[float] = setting([0.8, 1.2], "Explore: multiply by one of these (in log space for log scale).")
+    resample_probability: float = setting(0.25, "Explore: resample from the prior instead, with this probability.",
+                                          low=0.0, high=1.0)
+    min_score_gap: float = setting(0.0, "Exploit only if the donor's score beats the member's by at least this.",
+                                   low=0.0)
+    score_window: int = setting(1, "A member's score is the mean of its last this-many evaluations.", low=1)
+    initial: Literal["sample", "config"] = setting(
+        "sample", "Initial hyperparameters: drawn from the priors, or the config's values for every member.")
+    synchronous: bool = setting(True, "Decide once per generation (all members ready) instead of per member.")
+    backend: Literal["local", "ray"] = setting("local", "Where members run: local processes or a Ray cluster.")
+    workers: int = setting(2, "Members trained at the same time.", low=1)
+    address: str | None = setting(None, "Ray: address of an existing cluster (HOST:PORT); null starts a local one.")
+    storage: str | None = setting(None, "Ray: shared directory for member run dirs (default: the population dir).")
+    max_restarts: int = setting(3, "Restarts of a crashed member from its last checkpoint before it is replaced.",
+                                low=0)
+    seed: int = setting(0, "Seed of the controller's decisions (members use run.seed + member id).", low=0)
+    hyperparams: dict = setting({}, "Mutable hyperparameters: dotted key -> {low, high, scale: log|linear, integer}.")
+
+    def validate(self, prefix: str) -> None:
+        """Check the factors and every hyperparameter prior."""
+        if not self.perturb_factors or any(f <= 0 for f in self.perturb_factors):
+            raise ConfigError(f"{prefix}perturb_factors: {self.perturb_factors!r} (allowed: positive numbers)")
+        if not self.hyperparams:
+            raise ConfigError(f"{prefix}hyperparams: empty (allowed: dotted key -> {{low, high, scale, integer}})")
+        for key, spec in self.hyperparams.items():
+            HyperparamPrior.from_config(f"{prefix}hyperparams.{key}", spec)
+
+
+@dataclass(frozen=True)
+class HyperparamPrior:
+    """The prior and bounds of one mutable hyperparameter."""
+
+    low: float
+    high: float
+    scale: str = "log"
+    integer: bool = False
+
+    @classmethod
+    def from_config(cls, key: str, spec: Any) -> "HyperparamPrior":
+        """Validate ``{low, high, scale, integer}``; errors name ``key``."""
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{key}: {spec!r} is not a mapping (allowed: {{low, high, scale, integer}})")
+        unknown = set(spec) - {"low", "high", "scale", "integer"}
+        if unknown:
+            raise ConfigError(f"{key}: unknown key {sorted(unknown)[0]!r} (valid keys: low, high, scale, integer)")
+        low = _coerce(f"{key}.low", spec.get("low"), float)
+        high = _coerce(f"{key}.high", spec.get("high"), float)
+        scale = _coerce(f"{key}.scale", spec.get("scale", "log"), Literal["log", "linear"])
+        integer = _coerce(f"{key}.integer", spec.get("integer", False), bool)
+        if not low < high:
+            raise ConfigError(f"{key}: low {low!r} must be below high {high!r}")
+        if scale == "log" and low <= 0:
+            raise ConfigError(f"{key}.low: {low!r} is not allowed on a log scale (allowed: > 0)")
+        return cls(low, high, scale, integer)
+
+
+@dataclass
 class Config:
     """A whole experiment: one section per part."""
 
     run: RunConfig = setting(RunConfig(), "Run settings.")
     env: EnvConfig = setting(EnvConfig(), "Environment settings.")
     agent: Any = setting({"name": "ppo"}, "Agent settings; keys depend on agent.name.", registry="agents")
+    pbt: PBTConfig | None = setting(None, "Population Based Training (`lifelong pbt`); null for a single run.")
 
 
 # ------------------------------------------------------------------- building
@@ -220,6 +291,15 @@ def _schema_for(registry_name: str, key: str, raw: Any) -> type:
     return schema
 
 
+def _optional_dataclass(tp: Any) -> type | None:
+    """The dataclass of an ``X | None`` section type, else None."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
 def build(schema: type, raw: dict | None, prefix: str = "") -> Any:
     """Build dataclass ``schema`` from a plain mapping, validating every key and value."""
     raw = {} if raw is None else raw
@@ -245,8 +325,11 @@ def build(schema: type, raw: dict | None, prefix: str = "") -> Any:
                     continue
             continue  # dataclass default
         value = raw[ykey]
+        section = _optional_dataclass(tp)
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = build(tp, value, key + ".")
+        elif section is not None:
+            kwargs[f.name] = None if value is None else build(section, value, key + ".")
         elif sub_registry and tp is Any:
             kwargs[f.name] = build(_schema_for(sub_registry, key, value), value, key + ".")
         else:
@@ -360,6 +443,17 @@ def _cross_check(cfg: "Config") -> "Config":
     check = getattr(cfg.agent, "check", None)
     if callable(check):
         check(cfg)
+    if cfg.pbt is not None:
+        raw = to_dict(cfg)
+        for key, spec in cfg.pbt.hyperparams.items():
+            prior = HyperparamPrior.from_config(f"pbt.hyperparams.{key}", spec)
+            trial = copy.deepcopy(raw)
+            trial["pbt"] = None
+            try:
+                apply_override(trial, key.split("."), int(prior.low) if prior.integer else prior.low)
+                build(Config, trial)
+            except ConfigError as e:
+                raise ConfigError(f"pbt.hyperparams.{key}: not a numeric config key ({e})") from e
     return cfg
 
 

@@ -156,6 +156,7 @@ class Run:
     created_dir: bool = False
     eval_time: float = 0.0
     setup_time: float = 0.0
+    until: int | None = None  # stop this invocation at this step (PBT segments); not part of the config
     _start: float = field(default_factory=time.perf_counter)
     _next_log: int = 0
     _next_eval: int = 0
@@ -239,7 +240,9 @@ class Run:
     # --------------------------------------------------------------- the loop
     @property
     def done(self) -> bool:
-        """True once the step budget is spent or an early stop was triggered."""
+        """True once the step budget (or this invocation's ``until``) is spent, or an early stop triggered."""
+        if self.until is not None and self.step >= self.until:
+            return True
         return self._stop or self.step >= self.cfg.run.total_steps
 
     def tick(self, trainer: "Trainer", metrics: dict[str, float] | None = None) -> bool:
@@ -379,13 +382,19 @@ def make_trainer(cfg: Config, run: Run) -> "Trainer":
 
 
 def train(cfg: Config | None = None, run_dir: str | Path | None = None, *, resume: str | Path | None = None,
-          overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Train a new run from ``cfg`` (or continue the run in ``resume``); return results.json's content."""
+          overrides: list[str] | tuple[str, ...] = (), until: int | None = None) -> dict[str, Any]:
+    """Train a new run from ``cfg`` (or continue the run in ``resume``); return results.json's content.
+
+    ``until`` stops this invocation at that env step (a PBT segment) with the usual final
+    evaluation and checkpoint; the run's own budget stays ``run.total_steps``.
+    """
     if resume is not None:
         run, payload = Run.resume(resume, overrides)
     else:
-        assert cfg is not None
+        if cfg is None:
+            raise ValueError("train: give a config or a run dir to resume")
         run, payload = Run.create(cfg, run_dir), None
+    run.until = until
     try:
         if run.cfg.run.torch_threads:
             torch.set_num_threads(run.cfg.run.torch_threads)
