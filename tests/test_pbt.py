@@ -231,3 +231,43 @@ def test_killed_member_is_restarted_and_population_finishes(tmp_path):
     restarts = [e for e in results["events"] if e["kind"] == "restart"]
     assert restarts and any(e["member"] == 1 for e in restarts)
     assert all(m["step"] == 60 for m in results["members"])
+
+
+def test_cli_pbt_survives_a_killed_controller(tmp_path):
+    """`lifelong pbt` killed (with its workers) mid-population; `--resume` finishes it."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from lifelong.checkpoint import CheckpointError, load_checkpoint
+
+    root = tmp_path / "pop"
+    args = [sys.executable, "-m", "lifelong.cli", "pbt", str(ROOT / "configs/pbt_ppo_cartpole.yaml"),
+            "run.total_steps=3072", "pbt.ready_steps=512", "pbt.population=2", "pbt.quantile=0.5",
+            "run.eval_episodes=2", "run.eval_num_envs=2", "--run-dir", str(root)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        rounds = 0
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                rounds = load_checkpoint(root / "population.pt")["rounds"]
+            except (CheckpointError, FileNotFoundError):
+                rounds = 0
+            if rounds >= 2:
+                break
+            time.sleep(0.2)
+        assert rounds >= 2, proc.stderr.read() if proc.poll() is not None else "no progress"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the controller and its worker processes
+        proc.wait()
+    assert not (root / "results.json").exists()
+    done = subprocess.run([sys.executable, "-m", "lifelong.cli", "pbt", "--resume", str(root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "best member" in done.stdout
+    results = json.loads((root / "results.json").read_text())
+    assert all(m["step"] == 3072 for m in results["members"])
+    assert "member" in done.stderr and "score" in done.stderr  # the terminal table

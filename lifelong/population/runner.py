@@ -182,6 +182,9 @@ class Population:
         member.step = result.step
         member.scores.append((result.step, result.score))
         member.checkpoint = result.checkpoint
+        self.events.append({"kind": "segment", "member": member.id, "step": result.step, "score": result.score,
+                            "seconds": round(result.seconds, 4),
+                            "wall_time_s": round(time.perf_counter() - self._started, 4)})
         writer = self._tensorboard()
         if writer is not None:
             writer.add_scalar(f"pbt/score/m{member.id}", result.score, result.step)
