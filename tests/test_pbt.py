@@ -221,10 +221,13 @@ class DiesOnceTask(NoisyQuadraticTask):
         return super().run_segment(member_dir, member_id, hparams, until)
 
 
-def test_killed_member_is_restarted_and_population_finishes(tmp_path):
+@pytest.mark.parametrize("synchronous", [True, False])
+def test_killed_member_is_restarted_and_population_finishes(tmp_path, synchronous):
     backend = LocalBackend(workers=2)
+    cfg = quadratic_config(60)
+    cfg.pbt.synchronous = synchronous
     try:
-        pop = Population.create(quadratic_config(60), tmp_path, DiesOnceTask(), backend=backend, log=False)
+        pop = Population.create(cfg, tmp_path, DiesOnceTask(), backend=backend, log=False)
         results = pop.run()
     finally:
         backend.close()
@@ -271,3 +274,11 @@ def test_cli_pbt_survives_a_killed_controller(tmp_path):
     results = json.loads((root / "results.json").read_text())
     assert all(m["step"] == 3072 for m in results["members"])
     assert "member" in done.stderr and "score" in done.stderr  # the terminal table
+
+
+def test_asynchronous_mode_decides_per_member(tmp_path):
+    pop = toy_population(tmp_path, total=200, synchronous=False)
+    results = pop.run()
+    assert results["best_score"] > 1.15
+    assert all(m["step"] == 200 for m in results["members"])
+    assert any(e["kind"] == "exploit" for e in results["events"])
