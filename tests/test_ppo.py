@@ -56,14 +56,17 @@ def test_target_kl_stops_the_update_early(tmp_path):
                       ["run.progress=false", "agent.target_kl=1e-9", "agent.minibatch_size=64"])
     run = Run.create(cfg, tmp_path, logger=False)
     trainer = make_trainer(cfg, run)
+    from lifelong.agents.ppo import _FlatBatches
+
     n = 256
-    obs = torch.randn(n, 4)
-    actions = torch.randint(0, 2, (n,))
-    old_logp = torch.full((n,), -0.9)  # far from the policy's ~-0.69: KL above the target from the start
-    trainer._update(obs, actions, old_logp, torch.zeros(n), torch.randn(n), torch.randn(n), 0.2)
+    returns, values = torch.randn(n, 1), torch.zeros(n, 1)
+    # old log-probs far from the policy's ~-0.69: the KL is above the target from the start
+    fields = (torch.randn(n, 1, 4), torch.randint(0, 2, (n, 1)), torch.full((n, 1), -0.9), values,
+              torch.randn(n, 1), returns)
+    trainer._update(_FlatBatches(fields, 64), returns, values, 0.2)
     assert trainer.optimizer.steps == 0
     cfg.agent.target_kl = None
-    trainer._update(obs, actions, old_logp, torch.zeros(n), torch.randn(n), torch.randn(n), 0.2)
+    trainer._update(_FlatBatches(fields, 64), returns, values, 0.2)
     assert trainer.optimizer.steps == cfg.agent.epochs * (n // 64)
     run.close()
 

@@ -27,7 +27,7 @@ from torch import nn
 from lifelong.agents.base import Agent, Trainer, action_spec, obs_dim
 from lifelong.config import Config, ConfigError, setting
 from lifelong.envs import make_env
-from lifelong.memory.base import Memory, State
+from lifelong.memory.base import Memory, State, detach_state
 from lifelong.memory.scan import reverse_linear_scan
 from lifelong.optim import FlatAdam
 from lifelong.registry import AGENTS, MEMORY
@@ -57,15 +57,22 @@ class PPOConfig:
     share_core: bool = setting(False, "One core for actor and critic instead of two.")
     ortho_init: bool = setting(True, "Orthogonal init: gain sqrt(2) hidden, 0.01 policy head, 1 value head.")
     log_std_init: float = setting(0.0, "Initial log-std of the Gaussian policy (continuous actions).")
+    bptt: int = setting(0, "Recurrent cores: truncated-BPTT length (0: the whole rollout); divides num_steps.",
+                        low=0)
     memory: Any = setting({"name": "mlp"}, "Core of the policy; keys depend on memory.name.", registry="memory")
 
     def check(self, cfg: Config) -> None:
-        """A minibatch cannot exceed the rollout (env.num_envs x agent.num_steps)."""
+        """A minibatch cannot exceed the rollout (env.num_envs x agent.num_steps); bptt divides num_steps."""
         rollout = cfg.env.num_envs * self.num_steps
         if self.minibatch_size > rollout:
             raise ConfigError(
                 f"agent.minibatch_size: {self.minibatch_size} exceeds the rollout size "
                 f"env.num_envs*agent.num_steps = {rollout} (allowed: 1..{rollout})"
+            )
+        if self.bptt and self.num_steps % self.bptt:
+            raise ConfigError(
+                f"agent.bptt: {self.bptt} does not divide agent.num_steps={self.num_steps} "
+                f"(allowed: 0 or a divisor of num_steps)"
             )
 
 
@@ -79,10 +86,8 @@ class ActorCritic(Agent):
         self.act_shape = tuple(getattr(action_space, "shape", ()) or ())
         make_core = MEMORY.get(cfg.memory.name, "agent.memory.name").factory
         self.actor_core: Memory = make_core(self.obs_dim, cfg.memory)
-        if self.actor_core.recurrent:
-            # Flat minibatches would cut sequences; recurrent cores need sequence minibatches.
-            raise ConfigError(f"agent.memory.name: {cfg.memory.name!r} is recurrent; this PPO takes memoryless cores")
         self.critic_core: Memory = self.actor_core if cfg.share_core else make_core(self.obs_dim, cfg.memory)
+        self.recurrent = bool(self.actor_core.recurrent)
         self.shared = cfg.share_core
         self.policy_head = nn.Linear(self.actor_core.output_dim, self.act_dim)
         self.value_head = nn.Linear(self.critic_core.output_dim, 1)
@@ -111,23 +116,31 @@ class ActorCritic(Agent):
         """Core states of fresh episodes (actor, critic)."""
         return (self.actor_core.initial_state(batch_size, device), self.critic_core.initial_state(batch_size, device))
 
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Flatten observations ``[..., *obs_shape]`` to ``[..., D]``; one step becomes T=1."""
-        return obs.reshape(1, obs.shape[0], self.obs_dim)
+    def select_state(self, state: State, index: torch.Tensor) -> State:
+        """The (actor, critic) state rows of the envs in ``index``."""
+        return (self.actor_core.select_state(state[0], index), self.critic_core.select_state(state[1], index))
 
-    def forward_step(self, obs: torch.Tensor, state: State, is_first: torch.Tensor):
-        """Policy output, value and next state for one step of observations ``[B, ...]``."""
-        x = self.encode(obs)
-        first = is_first.view(1, -1)
+    def concat_states(self, states: list[State]) -> State:
+        """(actor, critic) states of several env batches joined along the env dimension."""
+        return (self.actor_core.concat_states([s[0] for s in states]),
+                self.critic_core.concat_states([s[1] for s in states]))
+
+    def forward_seq(self, obs: torch.Tensor, state: State, is_first: torch.Tensor):
+        """Policy output ``[T, B, A]``, value ``[T, B]`` and last state for observations ``[T, B, ...]``."""
+        steps, batch = is_first.shape
+        x = obs.reshape(steps, batch, self.obs_dim)  # the encoder: flatten each observation
         actor_state, critic_state = state
-        h_actor, actor_state = self.actor_core(x, actor_state, first)
+        h_actor, actor_state = self.actor_core(x, actor_state, is_first)
         if self.shared:
             h_critic, critic_state = h_actor, actor_state
         else:
-            h_critic, critic_state = self.critic_core(x, critic_state, first)
-        out = self.policy_head(h_actor[0])
-        value = self.value_head(h_critic[0]).squeeze(-1)
-        return out, value, (actor_state, critic_state)
+            h_critic, critic_state = self.critic_core(x, critic_state, is_first)
+        return self.policy_head(h_actor), self.value_head(h_critic).squeeze(-1), (actor_state, critic_state)
+
+    def forward_step(self, obs: torch.Tensor, state: State, is_first: torch.Tensor):
+        """Policy output, value and next state for one step of observations ``[B, ...]``."""
+        out, value, state = self.forward_seq(obs.unsqueeze(0), state, is_first.view(1, -1))
+        return out[0], value[0], state
 
     def act(self, obs, state, is_first, deterministic: bool = False):
         """Sample (or take the mode of) the policy; extras hold ``log_prob`` and ``value``."""
@@ -150,17 +163,25 @@ class ActorCritic(Agent):
         """State value ``[B]``."""
         return self.forward_step(obs, state, is_first)[1]
 
-    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor):
-        """Log-prob, entropy and value of a flat batch of (obs, action) pairs (memoryless cores)."""
-        n = obs.shape[0]
-        out, value, _ = self.forward_step(obs, self._no_state, self._no_reset(n, obs.device))
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor | None = None,
+                         state: State | None = None):
+        """Log-prob, entropy and value of (obs, action) pairs.
+
+        Memoryless cores take a flat batch ``[N, ...]``; recurrent cores take sequences
+        ``[T, S, ...]`` with their ``is_first [T, S]`` and start ``state``, and return ``[T, S]``.
+        """
+        if is_first is None:
+            n = obs.shape[0]
+            out, value, _ = self.forward_step(obs, self._no_state, self._no_reset(n, obs.device))
+        else:
+            out, value, _ = self.forward_seq(obs, state, is_first)
         if self.discrete:
             log_probs = torch.log_softmax(out, dim=-1)
             log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1)
         else:
-            log_prob = _gaussian_log_prob(actions.reshape(n, -1), out, self.log_std)
-            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(n)
+            log_prob = _gaussian_log_prob(actions.reshape(*out.shape), out, self.log_std)
+            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(out.shape[:-1])
         return log_prob, entropy, value
 
 
@@ -230,21 +251,22 @@ class PPOTrainer(Trainer):
         num_envs, horizon = env.num_envs, hp.num_steps
         batch_size = num_envs * horizon
         hp.check(self.cfg)
+        bptt = hp.bptt or horizon
         obs_shape = env.observation_space.shape
         act_shape = () if agent.discrete else (agent.act_dim,)
         buf_obs = torch.zeros((horizon, num_envs, *obs_shape), device=dev)
-        buf_final = torch.zeros((horizon, num_envs, *obs_shape), device=dev)
         buf_act = torch.zeros((horizon, num_envs, *act_shape), device=dev,
                               dtype=torch.long if agent.discrete else torch.float32)
+        buf_first = torch.zeros((horizon, num_envs), dtype=torch.bool, device=dev)
         buf_logp = torch.zeros((horizon, num_envs), device=dev)
         buf_val = torch.zeros((horizon, num_envs), device=dev)
         buf_rew = torch.zeros((horizon, num_envs), device=dev)
-        buf_term = torch.zeros((horizon, num_envs), dtype=torch.bool, device=dev)
-        buf_trunc = torch.zeros((horizon, num_envs), dtype=torch.bool, device=dev)
+        buf_done = torch.zeros((horizon, num_envs), dtype=torch.bool, device=dev)
 
         obs = env.reset(seed=run.env_seed)
         is_first = torch.ones(num_envs, dtype=torch.bool, device=dev)
         state = agent.initial_state(num_envs, dev)
+        no_reset = torch.zeros(num_envs, dtype=torch.bool, device=dev)
         total = run.cfg.run.total_steps
         log = run.logger
         clock = time.perf_counter
@@ -257,78 +279,64 @@ class PPOTrainer(Trainer):
 
             # ---- rollout
             t_env = t_inf = 0.0
+            chunk_states = []
             with torch.inference_mode():
                 for t in range(horizon):
                     t0 = clock()
+                    if agent.recurrent and t % bptt == 0:
+                        chunk_states.append(detach_state(state))  # where each BPTT chunk starts
                     buf_obs[t] = obs
+                    buf_first[t] = is_first
                     action, state, extras = agent.act(obs, state, is_first)
                     t1 = clock()
                     step = env.step(action)
                     t2 = clock()
-                    t_inf += t1 - t0
-                    t_env += t2 - t1
                     buf_act[t] = action.view(num_envs, *act_shape)
                     buf_logp[t] = extras["log_prob"]
                     buf_val[t] = extras["value"]
                     buf_rew[t] = step.reward
-                    buf_term[t] = step.terminated
-                    buf_trunc[t] = step.truncated
-                    buf_final[t] = step.final_obs
+                    buf_done[t] = step.terminated | step.truncated
+                    if bool(step.truncated.any()):
+                        # A truncated episode bootstraps from its true last observation, seen from the
+                        # memory state that consumed obs[t]; the value is folded into the reward.
+                        final_value = agent.value(step.final_obs, state, no_reset)
+                        buf_rew[t] += hp.gamma * torch.where(step.truncated, final_value, 0.0)
                     obs, is_first = step.obs, step.is_first
                     log.episodes(step.info.get("episode"))
+                    t_inf += clock() - t2 + t1 - t0
+                    t_env += t2 - t1
                 run.step += batch_size
 
                 t0 = clock()
-                # Bootstrap truncated steps from the true last observation, folded into the reward.
-                rewards = buf_rew.clone()
-                if bool(buf_trunc.any()):
-                    fresh = agent.initial_state(int(buf_trunc.sum()), dev)
-                    finals = buf_final[buf_trunc]
-                    rewards[buf_trunc] += hp.gamma * agent.value(
-                        finals, fresh, torch.zeros(finals.shape[0], dtype=torch.bool, device=dev))
                 last_value = agent.value(obs, state, is_first)
                 next_values = torch.cat([buf_val[1:], last_value.unsqueeze(0)])
-                advantages, returns = compute_gae(
-                    rewards, buf_val, next_values, buf_term | buf_trunc, hp.gamma, hp.gae_lambda)
+                advantages, returns = compute_gae(buf_rew, buf_val, next_values, buf_done, hp.gamma, hp.gae_lambda)
                 t_inf += clock() - t0
             log.add_time("env", t_env)
             log.add_time("inference", t_inf)
 
             # ---- learn
             t0 = clock()
-            metrics = self._update(
-                buf_obs.reshape(batch_size, *obs_shape),
-                buf_act.reshape(batch_size, *act_shape),
-                buf_logp.reshape(-1), buf_val.reshape(-1),
-                advantages.reshape(-1), returns.reshape(-1), clip,
-            )
+            fields = (buf_obs, buf_act, buf_logp, buf_val, advantages, returns)
+            if agent.recurrent:
+                batches = _SequenceBatches(agent, fields, buf_first, chunk_states, bptt, hp.minibatch_size)
+            else:
+                batches = _FlatBatches(fields, hp.minibatch_size, hp.norm_adv)
+            metrics = self._update(batches, returns, buf_val, clip)
             log.add_time("learn", clock() - t0)
             self.iteration += 1
             metrics["charts/learning_rate"] = lr
             run.tick(self, metrics)
 
-    def _update(self, obs, actions, old_logp, old_values, advantages, returns, clip: float) -> dict[str, float]:
+    def _update(self, batches: "_FlatBatches | _SequenceBatches", returns: torch.Tensor, old_values: torch.Tensor,
+                clip: float) -> dict[str, float]:
         hp, agent = self.hp, self.agent
-        n = obs.shape[0]
-        mb = hp.minibatch_size
-        full_batch = mb >= n
-        if full_batch and hp.norm_adv and n > 1:
-            # One minibatch holds the whole rollout: its order is irrelevant and it is normalised once.
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         log_ratios: list[torch.Tensor] = []
         losses: list[torch.Tensor] = []
         stop = False
         for _ in range(hp.epochs):
-            if full_batch:
-                batches = [(obs, actions, old_logp, old_values, advantages, returns)]
-            else:
-                perm = torch.randperm(n, device=obs.device)
-                batches = [
-                    (obs[idx], actions[idx], old_logp[idx], old_values[idx], advantages[idx], returns[idx])
-                    for idx in perm[: n - n % mb].view(-1, mb)
-                ]
-            for b_obs, b_act, b_logp, b_val, b_adv, b_ret in batches:
-                logp, entropy, values = agent.evaluate_actions(b_obs, b_act)
+            for b_obs, b_act, b_logp, b_val, b_adv, b_ret, b_first, b_state in batches.epoch():
+                logp, entropy, values = agent.evaluate_actions(b_obs, b_act, b_first, b_state)
                 log_ratio = logp - b_logp
                 if hp.target_kl is not None:
                     with torch.no_grad():
@@ -337,7 +345,7 @@ class PPOTrainer(Trainer):
                         stop = True
                         break
                 ratio = log_ratio.exp()
-                if hp.norm_adv and not full_batch and mb > 1:
+                if hp.norm_adv and not batches.normalised and b_adv.numel() > 1:
                     b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
                 pg_loss = torch.max(-b_adv * ratio, -b_adv * ratio.clamp(1 - clip, 1 + clip)).mean()
                 if hp.clip_vloss:
@@ -350,15 +358,15 @@ class PPOTrainer(Trainer):
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()  # clips to max_grad_norm, then Adam
-                log_ratios.append(log_ratio.detach())
+                log_ratios.append(log_ratio.detach().reshape(-1))
                 losses.append(torch.stack([pg_loss, v_loss, ent, loss]).detach())
             if stop:
                 break
         if not losses:
             return {}
         # Statistics are computed once per update, not per minibatch, to keep the loop lean.
-        lr_all = torch.stack(log_ratios)
-        approx_kl = ((lr_all.exp() - 1) - lr_all).mean(-1).mean()
+        lr_all = torch.cat(log_ratios)
+        approx_kl = ((lr_all.exp() - 1) - lr_all).mean()
         clip_frac = ((lr_all.exp() - 1.0).abs() > clip).float().mean()
         pg, vl, en, total = torch.stack(losses).mean(0).tolist()
         var_y = returns.var()
@@ -374,6 +382,60 @@ class PPOTrainer(Trainer):
         if math.isfinite(explained):
             out["losses/explained_variance"] = explained
         return out
+
+
+class _FlatBatches:
+    """Single-step minibatches of a rollout (memoryless cores): shuffled samples each epoch."""
+
+    def __init__(self, fields: tuple[torch.Tensor, ...], minibatch_size: int, norm_adv: bool = True) -> None:
+        n = fields[0].shape[0] * fields[0].shape[1]
+        self.fields = [f.reshape(n, *f.shape[2:]) for f in fields]
+        self.n, self.size = n, minibatch_size
+        # One minibatch holding the whole rollout needs no shuffling and is normalised once.
+        self.normalised = norm_adv and minibatch_size >= n and n > 1
+        if self.normalised:
+            adv = self.fields[4]
+            self.fields[4] = (adv - adv.mean()) / (adv.std() + 1e-8)
+
+    def epoch(self):
+        """The minibatches of one epoch."""
+        if self.size >= self.n:
+            yield (*self.fields, None, None)
+            return
+        perm = torch.randperm(self.n, device=self.fields[0].device)
+        for idx in perm[: self.n - self.n % self.size].view(-1, self.size):
+            yield (*(f[idx] for f in self.fields), None, None)
+
+
+class _SequenceBatches:
+    """Sequence minibatches for recurrent cores: the rollout cut into ``bptt``-step chunks, each
+    replayed from the memory state stored at its start, minibatches of whole chunks over envs."""
+
+    normalised = False
+
+    def __init__(self, agent: ActorCritic, fields: tuple[torch.Tensor, ...], is_first: torch.Tensor,
+                 chunk_states: list, bptt: int, minibatch_size: int) -> None:
+        horizon, num_envs = is_first.shape
+        chunks = horizon // bptt
+
+        def to_sequences(x: torch.Tensor) -> torch.Tensor:
+            # [T, B, ...] -> [bptt, chunks * B, ...]; sequence j = chunk * B + env
+            x = x.reshape(chunks, bptt, num_envs, *x.shape[2:]).transpose(0, 1)
+            return x.reshape(bptt, chunks * num_envs, *x.shape[3:])
+
+        self.fields = [to_sequences(f) for f in fields]
+        self.is_first = to_sequences(is_first)
+        self.states = agent.concat_states(chunk_states) if len(chunk_states) > 1 else chunk_states[0]
+        self.agent = agent
+        self.num_seqs = chunks * num_envs
+        self.per_batch = max(1, min(self.num_seqs, minibatch_size // bptt))
+
+    def epoch(self):
+        """The minibatches of one epoch: shuffled groups of whole sequences."""
+        perm = torch.randperm(self.num_seqs, device=self.is_first.device)
+        for start in range(0, self.num_seqs - self.per_batch + 1, self.per_batch):
+            idx = perm[start : start + self.per_batch]
+            yield (*(f[:, idx] for f in self.fields), self.is_first[:, idx], self.agent.select_state(self.states, idx))
 
 
 @AGENTS.register("ppo", config=PPOConfig, summary="PPO, discrete and continuous actions, MLP core.")
