@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[test,mujoco]"
+	$(BIN)/pip install --quiet -e ".[test,mujoco,ray]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -12,8 +12,8 @@ import torch
 from lifelong.config import Config, ConfigError, PBTConfig, RunConfig, load_config
 from lifelong.population import MemberState, PBTController, Population
 from lifelong.population.backends import InlineBackend, LocalBackend
-from lifelong.population.tasks import MemberTask, RLTask, SegmentResult
 from lifelong.population.toys import NoisyQuadraticTask, PaperToyTask
+from pbt_tasks import QuadraticDiesOnceTask
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,25 +209,13 @@ def test_rl_exploit_copies_weights_and_trains_with_the_mutated_lr(tmp_path):
     assert torch.equal(after["rng"]["torch"], before["rng"]["torch"])
 
 
-class DiesOnceTask(NoisyQuadraticTask):
-    """Kills its own worker process the first time member 1 runs (a crashed member)."""
-
-    def run_segment(self, member_dir, member_id, hparams, until):
-        marker = Path(member_dir).parent / "died"
-        if member_id == 1 and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text("x")
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().run_segment(member_dir, member_id, hparams, until)
-
-
 @pytest.mark.parametrize("synchronous", [True, False])
 def test_killed_member_is_restarted_and_population_finishes(tmp_path, synchronous):
     backend = LocalBackend(workers=2)
     cfg = quadratic_config(60)
     cfg.pbt.synchronous = synchronous
     try:
-        pop = Population.create(cfg, tmp_path, DiesOnceTask(), backend=backend, log=False)
+        pop = Population.create(cfg, tmp_path, QuadraticDiesOnceTask(seed=3), backend=backend, log=False)
         results = pop.run()
     finally:
         backend.close()
