@@ -79,7 +79,11 @@ def make_backend(name: str, workers: int, address: str | None = None) -> Any:
     if name == "local":
         return LocalBackend(workers)
     if name == "ray":
+        from lifelong.config import ConfigError
         from lifelong.population.ray_backend import RayBackend
 
-        return RayBackend(workers, address)
+        try:
+            return RayBackend(workers, address)
+        except ImportError as e:  # Ray is an optional extra: say how to get it, in one line
+            raise ConfigError(str(e)) from e
     raise ValueError(f"pbt.backend: {name!r} is not allowed (allowed: local, ray)")
