@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from lifelong.population.tasks import MemberTask, SegmentResult
@@ -62,10 +63,18 @@ class LocalBackend:
 
     def submit(self, task: MemberTask, member_dir: str, member_id: int, hparams: dict, until: int) -> Future:
         """Run one segment; the future holds its ``SegmentResult``."""
-        return self._pool.submit(_run_segment, task, member_dir, member_id, dict(hparams), until)
+        args = (_run_segment, task, member_dir, member_id, dict(hparams), until)
+        try:
+            return self._pool.submit(*args)
+        except BrokenProcessPool:
+            # A worker died while other segments were finishing: continue on a fresh pool.
+            self.restart()
+            return self._pool.submit(*args)
 
     def restart(self) -> None:
-        """Replace a broken pool with a fresh one."""
+        """Replace the pool if it is broken; a healthy pool keeps its running segments."""
+        if not getattr(self._pool, "_broken", True):
+            return
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._new_pool()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -141,7 +141,7 @@ class Population:
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             finished = {f: running.pop(f) for f in done}
             lost = self._collect(backend, finished, wait_all=False)
-            if any(isinstance(f.exception(), BrokenProcessPool) for f in finished if f.exception()):
+            if any(not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) for f in finished):
                 # Every segment in flight died with the pool: rerun them too.
                 lost += list(running.values())
                 running.clear()
@@ -160,7 +160,7 @@ class Population:
         lost: list[MemberState] = []
         broken = False
         for future, member in futures.items():
-            error = future.exception()
+            error = CancelledError("segment cancelled") if future.cancelled() else future.exception()
             if error is None:
                 self._record(member, future.result())
                 continue
