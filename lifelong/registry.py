@@ -83,6 +83,7 @@ REGISTRIES: dict[str, Registry] = {
 # Modules whose import registers the built-in parts.
 _BUILTIN_MODULES = (
     "lifelong.envs.backends",
+    "lifelong.envs.native",
     "lifelong.memory",
     "lifelong.agents",
 )

@@ -1,0 +1,235 @@
+"""``NativeVecEnv``: envs whose whole state is tensors on one device, stepped with batched tensor ops.
+
+A task implements two pure functions over a state dict of ``[B, ...]`` tensors:
+``initial_state(n)`` (a fresh state for ``n`` envs, with the first observation under
+``"obs"``) and ``transition(state, action)`` (the next state, reward and termination).
+The base class owns everything else: the seeded generator, the per-env step counter
+``state["t"]``, truncation, same-step autoreset, ``final_obs``, ``is_first`` and the
+optional previous-action input.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from lifelong.envs.base import Step, VecEnv
+
+State = dict[str, torch.Tensor]
+
+
+def one_hot(index: torch.Tensor, n: int) -> torch.Tensor:
+    """float32 one-hot of integer ``index [...]`` over ``n`` classes, shape ``[..., n]``.
+
+    Comparison against ``arange`` instead of ``F.one_hot``, which checks the index range
+    and so waits for the device on every call.
+    """
+    return (index.unsqueeze(-1) == torch.arange(n, device=index.device)).to(torch.float32)
+
+
+def one_hot_box(*sizes: int) -> spaces.Box:
+    """The Box space of concatenated one-hot encodings of discrete components of ``sizes``."""
+    return spaces.Box(0.0, 1.0, (int(sum(sizes)),), np.float32)
+
+
+def draw_cards(remaining: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Deal one card per env from decks described by ``remaining [B, d]`` (cards left per category, float32).
+
+    Returns the category index ``[B]`` (int64), chosen with probability ``remaining / total``:
+    dealing this way one card at a time gives exactly the distribution of dealing from a
+    uniformly shuffled deck, without storing or shuffling the deck.
+    """
+    total = remaining.sum(-1)
+    # float64 uniforms have 53 bits, so floor(u * total) is uniform on 0..total-1 to ~1e-13
+    u = torch.rand(total.shape, generator=generator, device=remaining.device, dtype=torch.float64)
+    r = (u * total).floor_()
+    category = (remaining.cumsum(-1) <= r.unsqueeze(-1)).sum(-1)
+    # an empty deck (never dealt from by the tasks) must not produce an out-of-range index
+    return category.clamp_(max=remaining.shape[-1] - 1)
+
+
+class NativeVecEnv(VecEnv):
+    """A batch of ``num_envs`` tensor-state envs on ``device`` with same-step autoreset done in torch.
+
+    Randomness comes from one ``torch.Generator`` on ``device`` seeded by ``reset(seed)``;
+    every env draws its own numbers from it each step (env ``i`` gets different numbers
+    from env ``j``), so trajectories depend on the seed and on ``num_envs``.
+
+    Ended envs are reset inside ``step``: on CPU only the ended rows get a fresh state
+    (``nonzero`` costs nothing there); on accelerators (``masked_reset``) a fresh state is
+    computed for every row and merged with ``torch.where``, which avoids a host sync per
+    step. The two ways draw different random numbers, so a seed's trajectories differ
+    between them (and between devices, whose generators differ anyway).
+
+    Actions are int64 ``[B]`` in ``0..n-1`` for Discrete spaces (not range-checked: that
+    would wait for the device) and float32 ``[B, *shape]`` for Box spaces (clipped).
+    ``time_limit`` truncates episodes after that many steps (``None``: the task's own
+    limit). ``prev_action=True`` appends the previous action (one-hot for discrete
+    actions, zeros on an episode's first observation) to every observation, as POPGym's
+    ``PreviousAction`` wrapper does.
+    """
+
+    default_time_limit: int | None = None
+    default_prev_action: bool = False
+
+    def __init__(
+        self,
+        num_envs: int,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        time_limit: int | None = None,
+        prev_action: bool | None = None,
+    ) -> None:
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if time_limit is not None and int(time_limit) < 1:
+            raise ValueError(f"time_limit must be >= 1 or null, got {time_limit}")
+        self.num_envs = int(num_envs)
+        self.device = torch.device(device)
+        self.action_space = action_space
+        self.time_limit = int(time_limit) if time_limit is not None else self.default_time_limit
+        self.prev_action = self.default_prev_action if prev_action is None else bool(prev_action)
+        act_low, act_high = self._action_bounds()
+        self._action_width = act_low.size
+        if self.prev_action:
+            low = np.concatenate([observation_space.low, act_low]).astype(np.float32)
+            high = np.concatenate([observation_space.high, act_high]).astype(np.float32)
+            observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.observation_space = observation_space
+        self.generator = torch.Generator(device=self.device)
+        self._seed = int(seed)
+        self._fresh = True  # never reset yet: the first reset() uses the construction seed
+        self._state: State | None = None
+        # how ended envs are reset; see the class docstring (settable, e.g. to test both paths)
+        self.masked_reset = self.device.type != "cpu"
+        if isinstance(action_space, spaces.Box):
+            self._act_low = torch.as_tensor(action_space.low, dtype=torch.float32, device=self.device)
+            self._act_high = torch.as_tensor(action_space.high, dtype=torch.float32, device=self.device)
+
+    # ------------------------------------------------------------------ task hooks
+
+    @abstractmethod
+    def initial_state(self, n: int) -> State:
+        """A fresh state for ``n`` envs (tensors ``[n, ...]``) with the first observation under ``"obs"``."""
+
+    @abstractmethod
+    def transition(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
+        """Apply ``action`` to every env: (next state with its ``"obs"``, reward float32 ``[B]``, terminated ``[B]``).
+
+        ``state["t"]`` holds the number of steps each env has taken in its episode so far.
+        Must not modify ``state``'s tensors in place (the caller may still hold them).
+        """
+
+    # -------------------------------------------------------------------- the API
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform [0, 1) numbers of ``shape`` from this env's generator, on its device."""
+        return torch.rand(shape, generator=self.generator, device=self.device, dtype=dtype)
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal numbers of ``shape`` from this env's generator, on its device."""
+        return torch.randn(shape, generator=self.generator, device=self.device, dtype=dtype)
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        """Uniform int64 numbers in ``[0, high)`` of ``shape`` from this env's generator."""
+        return torch.randint(0, high, shape, generator=self.generator, device=self.device)
+
+    def deal(self, remaining: torch.Tensor) -> torch.Tensor:
+        """One card per env from decks with ``remaining [B, d]`` cards per category (see ``draw_cards``)."""
+        return draw_cards(remaining, self.generator)
+
+    def deal_first(self, n: int, categories: int, per_category: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first card of ``n`` full decks and what is left: (category ``[n]``, remaining ``[n, categories]``)."""
+        full = torch.full((n, categories), float(per_category), device=self.device)
+        card = self.deal(full)
+        return card, full - one_hot(card, categories)
+
+    @property
+    def state(self) -> State:
+        """The current state dict (``None`` before the first reset).
+
+        Its tensors must not be changed in place; assigning a new tensor to a key (as the
+        tests do to set up a board) changes the state for the next step.
+        """
+        return self._state
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Reset every env (reseeding the generator when ``seed`` is given); return obs ``[B, ...]``."""
+        if seed is None and self._fresh:
+            seed = self._seed
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        self._fresh = False
+        state = self._initial(self.num_envs)
+        self._state = state
+        if self.prev_action:
+            return torch.cat([state["obs"], self._encode_action(None, self.num_envs)], -1)
+        return state["obs"]
+
+    def step(self, action: torch.Tensor) -> Step:
+        """Advance every env by one action; ended envs already show their next episode's first obs."""
+        if self._state is None:
+            raise RuntimeError("step() called before reset()")
+        action = self._prepare_action(action)
+        new, reward, terminated = self.transition(self._state, action)
+        t = self._state["t"] + 1
+        new["t"] = t
+        terminated = terminated.to(torch.bool)
+        if self.time_limit is not None:
+            truncated = (t >= self.time_limit) & ~terminated
+        else:
+            truncated = torch.zeros_like(terminated)
+        done = terminated | truncated
+        final_obs = new["obs"]
+        if self.masked_reset:
+            fresh = self._initial(self.num_envs)
+            new = {k: torch.where(done.view(-1, *([1] * (v.dim() - 1))), fresh[k], v) for k, v in new.items()}
+        else:
+            rows = done.nonzero().squeeze(1)
+            if rows.numel():
+                fresh = self._initial(rows.numel())
+                # out of place: the pre-reset tensors (final_obs among them) stay intact
+                new = {k: v.index_put((rows,), fresh[k]) for k, v in new.items()}
+        self._state = new
+        obs = new["obs"]
+        if self.prev_action:
+            encoded = self._encode_action(action, self.num_envs)
+            final_obs = torch.cat([final_obs, encoded], -1)
+            obs = torch.cat([obs, encoded.masked_fill(done.unsqueeze(-1), 0.0)], -1)
+        return Step(obs, reward.to(torch.float32), terminated, truncated, done, final_obs, {})
+
+    # ------------------------------------------------------------------- helpers
+
+    def _initial(self, n: int) -> State:
+        state = self.initial_state(n)
+        state["t"] = torch.zeros(n, dtype=torch.int64, device=self.device)
+        return state
+
+    def _prepare_action(self, action: torch.Tensor) -> torch.Tensor:
+        action = torch.as_tensor(action, device=self.device)
+        if isinstance(self.action_space, spaces.Discrete):
+            return action.reshape(self.num_envs).to(torch.int64)
+        shape = (self.num_envs, *self.action_space.shape)
+        return torch.clamp(action.reshape(shape).to(torch.float32), self._act_low, self._act_high)
+
+    def _action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        space = self.action_space
+        if isinstance(space, spaces.Discrete):
+            n = int(space.n)
+            return np.zeros(n, np.float32), np.ones(n, np.float32)
+        return np.asarray(space.low, np.float32).reshape(-1), np.asarray(space.high, np.float32).reshape(-1)
+
+    def _encode_action(self, action: torch.Tensor | None, n: int) -> torch.Tensor:
+        width = self._action_width
+        if action is None:
+            return torch.zeros(n, width, device=self.device)
+        if isinstance(self.action_space, spaces.Discrete):
+            return one_hot(action, width)
+        return action.reshape(n, width).to(torch.float32)
