@@ -66,3 +66,9 @@ def test_override_parsing_never_evaluates():
 def test_missing_file_is_one_line():
     with pytest.raises(ConfigError, match="not found"):
         load_config("configs/nope.yaml")
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in __import__("pathlib").Path("configs").glob("*.yaml")))
+def test_every_preset_loads(preset):
+    cfg = load_config(f"configs/{preset}")
+    assert cfg.run.name == preset.removesuffix(".yaml")  # presets name their runs after themselves

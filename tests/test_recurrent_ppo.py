@@ -10,11 +10,11 @@ from lifelong.registry import MEMORY
 from lifelong.run import Run, make_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-RECURRENT = [name for name in ("gru", "lstm", "s5", "ffm") if name in MEMORY]
+RECURRENT = [name for name in MEMORY.names() if name != "mlp"]
 
 
 @pytest.mark.parametrize("bptt", [0, 8])
-@pytest.mark.parametrize("core", RECURRENT or [pytest.param("gru", marks=pytest.mark.skip("no recurrent core yet"))])
+@pytest.mark.parametrize("core", RECURRENT)
 def test_sequence_replay_reproduces_rollout_log_probs_and_values(tmp_path, core, bptt):
     """Before any gradient step, replaying the rollout from the stored states gives ratio 1 exactly:
     resets at is_first, chunk start states and the env/sequence layout all line up."""

@@ -105,12 +105,18 @@ class ActorCritic(Agent):
         return cached
 
     def _orthogonal_init(self) -> None:
-        for module in self.modules():
+        # Memoryless MLP cores get the usual PPO init; memory modules keep their own (S5's HiPPO
+        # projections, FFM's gates, attention layers), which they are designed around.
+        cores = [c for c in (self.actor_core, self.critic_core) if not c.recurrent]
+        for module in (m for core in cores for m in core.modules()):
             if isinstance(module, nn.Linear):
                 nn.init.orthogonal_(module.weight, math.sqrt(2))
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         nn.init.orthogonal_(self.policy_head.weight, 0.01)
         nn.init.orthogonal_(self.value_head.weight, 1.0)
+        nn.init.zeros_(self.policy_head.bias)
+        nn.init.zeros_(self.value_head.bias)
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
         """Core states of fresh episodes (actor, critic)."""

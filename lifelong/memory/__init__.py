@@ -1,7 +1,15 @@
 """Sequence memory modules behind one ``Memory`` interface, and the shared linear scan."""
 
 from lifelong.memory.base import Memory, State
+from lifelong.memory.ffm import FFMConfig, FFMMemory
 from lifelong.memory.mlp import MLPConfig, MLPMemory
+from lifelong.memory.rnn import GRUConfig, GRUMemory, LSTMConfig, LSTMMemory
+from lifelong.memory.s5 import S5Config, S5Memory
 from lifelong.memory.scan import linear_scan, reverse_linear_scan
+from lifelong.memory.transformer import TransformerConfig, TransformerMemory
+from lifelong.memory.hcam import HCAMConfig, HCAMMemory
 
-__all__ = ["Memory", "State", "MLPConfig", "MLPMemory", "linear_scan", "reverse_linear_scan"]
+__all__ = [
+    "Memory", "State", "MLPConfig", "MLPMemory", "GRUConfig", "GRUMemory", "LSTMConfig", "LSTMMemory",
+    "S5Config", "S5Memory", "FFMConfig", "FFMMemory", "linear_scan", "reverse_linear_scan",
+]

@@ -1,34 +1,214 @@
-"""The resettable diagonal linear recurrence ``h_t = a_t * h_{t-1} + u_t``, in parallel over T."""
+"""The resettable diagonal linear recurrence ``h_t = a_t * h_{t-1} + u_t``, the one scan of the platform.
+
+SSMs (S5), Fast and Forgetful Memory and GAE all reduce to this recurrence; a reset is
+``a_t = 0``. The forward pass is a chunked two-pass scan and the backward pass is the
+adjoint scan run in the other direction (a custom autograd function), so neither saves
+per-level intermediates.
+
+Why not the textbook log-depth (Hillis-Steele) scan: on CPU it is memory-bound, making
+ceil(log2 T) full passes over ``[T, ...]`` plus autograd copies of each; measured at
+T=1024, B=16, 128 complex channels it took 90 ms forward against 6 ms for this scan.
+Why not the cumulative-sum form (``gamma^t * cumsum(gamma^-t u)``): it divides by
+products of ``a`` that underflow to zero at resets or tiny decays. This scan only
+multiplies and adds (its one reassociation: a chunk's local state plus the carried state
+times the chunk's product of ``a``), so it is exact to float rounding with resets, any
+``|a|`` however small, and any T.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+# Below this many steps a plain loop over T issues fewer tensor ops than the chunked scan.
+_SEQUENTIAL_MAX_STEPS = 24
 
 
 def linear_scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """All states ``h [T, ...]`` of ``h_t = a_t * h_{t-1} + u_t`` from ``h_{-1} = h0`` (zeros if None).
 
-    ``a`` and ``u`` are time-first and broadcast against each other; real or complex.
-    A reset is ``a_t = 0``. Computed with a log-depth (Hillis-Steele) scan: ceil(log2 T)
-    tensor ops instead of T, with no division or logarithm, so zeros and tiny decays are
-    exact in float32.
+    ``a`` and ``u`` are time-first and broadcast against each other (and ``h0`` against
+    one step of them); real or complex, mixed dtypes are promoted. A reset is ``a_t = 0``.
+    Differentiable in ``a``, ``u`` and ``h0`` (also twice).
     """
-    a, u = torch.broadcast_tensors(a, u)
-    h = u.clone()
-    if h0 is not None:
-        h[0] = h[0] + a[0] * h0
-    coeff = a.clone()
-    steps = h.shape[0]
-    shift = 1
-    while shift < steps:
-        # h_t <- h_t + A_t * h_{t-shift}; A_t <- A_t * A_{t-shift}; out-of-place so reads see the old values
-        h = torch.cat([h[:shift], h[shift:] + coeff[shift:] * h[:-shift]])
-        coeff = torch.cat([coeff[:shift], coeff[shift:] * coeff[:-shift]])
-        shift *= 2
-    return h
+    return _scan(a, u, h0, reverse=False)
 
 
 def reverse_linear_scan(a: torch.Tensor, u: torch.Tensor, h_last: torch.Tensor | None = None) -> torch.Tensor:
     """``h_t = a_t * h_{t+1} + u_t`` backwards in time from ``h_T = h_last`` (e.g. GAE, returns)."""
-    flipped = linear_scan(a.flip(0), u.flip(0), h_last)
-    return flipped.flip(0)
+    return _scan(a, u, h_last, reverse=True)
+
+
+def _scan(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+    """Promote, broadcast and dispatch to the closed form (T=1) or the custom autograd scan."""
+    dtype = torch.promote_types(a.dtype, u.dtype)
+    if h0 is not None:
+        dtype = torch.promote_types(dtype, h0.dtype)
+    shape = torch.broadcast_shapes(a.shape, u.shape, (1, *h0.shape) if h0 is not None else (1,))
+    a = a.to(dtype).expand(shape)
+    u = u.to(dtype).expand(shape)
+    if h0 is not None:
+        h0 = h0.to(dtype).expand(shape[1:])
+    steps = shape[0]
+    if steps == 0:
+        return torch.empty(shape, dtype=dtype, device=u.device)
+    if steps == 1:
+        # The acting path (one env step): plain autograd ops beat any scan machinery.
+        return u + a * h0.unsqueeze(0) if h0 is not None else u.clone()
+    return ResettableScan.apply(a, u, h0, reverse)
+
+
+class ResettableScan(torch.autograd.Function):
+    """Autograd function of the scan: forward and backward are both chunked scans.
+
+    For ``h_t = a_t h_{t-1} + u_t`` the adjoint is ``g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}``
+    (a scan the other way) with ``dL/du_t = g_t``, ``dL/da_t = g_t conj(h_{t-1})`` and
+    ``dL/dh0 = conj(a_0) g_0``; a reset (``a_t = 0``) therefore passes exactly zero
+    gradient to everything before it.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None, reverse: bool) -> torch.Tensor:
+        """Run the scan; save ``a``, the states and ``h0`` for the adjoint."""
+        # Broadcast (stride-0) operands make every kernel op several times slower than one copy.
+        a, u = a.contiguous(), u.contiguous()
+        h = scan_kernel(a, u, h0, reverse)
+        ctx.reverse = reverse
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                     torch.Tensor | None, None]:
+        """The adjoint scan in the opposite direction (differentiable itself under ``create_graph``)."""
+        a, h, h0 = ctx.saved_tensors
+        need_a, need_u, need_h0 = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():
+            grad_a, grad_u, grad_h0 = _adjoint_differentiable(a, h, h0, grad_h, ctx.reverse, need_a)
+        else:
+            grad_a, grad_u, grad_h0 = _adjoint(a, h, h0, grad_h, ctx.reverse, need_a)
+        return grad_a if need_a else None, grad_u if need_u else None, grad_h0 if need_h0 else None, None
+
+
+Gradients = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]  # (a, u, h0)
+
+
+def _adjoint(a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, grad_h: torch.Tensor, reverse: bool,
+             need_a: bool) -> Gradients:
+    """Gradients of the scan without autograd, written into preallocated buffers (no concatenations)."""
+    # Lazy conj views make complex kernels several times slower than one physical conjugation.
+    a_conj = a.conj_physical() if a.is_complex() else a
+    grad_h = grad_h.contiguous()
+    grad_u = torch.empty(h.shape, dtype=h.dtype, device=h.device)
+    edge, far = (-1, 0) if reverse else (0, -1)
+    later = slice(1, None) if not reverse else slice(None, -1)  # steps that have a predecessor
+    earlier = slice(None, -1) if not reverse else slice(1, None)  # their predecessors
+    grad_u[far].copy_(grad_h[far])
+    # g_t = dL/dh_t + conj(a_{t+1}) g_{t+1}: a scan the other way whose coefficient is the successor's a.
+    scan_kernel(a_conj[later], grad_h[earlier], grad_u[far], reverse=not reverse, out=grad_u[earlier])
+    grad_a = None
+    if need_a:
+        h_conj = h.conj_physical() if h.is_complex() else h
+        grad_a = torch.empty_like(grad_u)
+        torch.mul(grad_u[later], h_conj[earlier], out=grad_a[later])
+        if h0 is None:
+            grad_a[edge].zero_()
+        else:
+            torch.mul(grad_u[edge], h0.conj(), out=grad_a[edge])
+    grad_h0 = a_conj[edge] * grad_u[edge] if h0 is not None else None
+    return grad_a, grad_u, grad_h0
+
+
+def _adjoint_differentiable(a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, grad_h: torch.Tensor,
+                            reverse: bool, need_a: bool) -> Gradients:
+    """The same gradients from differentiable ops, for double backward."""
+    a_conj = a.conj()
+    zero = torch.zeros_like(a_conj[:1])
+    carry = torch.cat([zero, a_conj[:-1]]) if reverse else torch.cat([a_conj[1:], zero])
+    grad_u = ResettableScan.apply(carry, grad_h, None, not reverse)
+    grad_a = None
+    if need_a:
+        start = h0.unsqueeze(0) if h0 is not None else torch.zeros_like(h[:1])
+        previous = torch.cat([h[1:], start]) if reverse else torch.cat([start, h[:-1]])
+        grad_a = grad_u * previous.conj()
+    edge = -1 if reverse else 0
+    grad_h0 = a_conj[edge] * grad_u[edge] if h0 is not None else None
+    return grad_a, grad_u, grad_h0
+
+
+def chunk_length(steps: int) -> int:
+    """Chunk length of the two-pass scan: about sqrt(T/3) minimises the number of tensor ops (3L + T/L)."""
+    return max(2, round(math.sqrt(steps / 3)))
+
+
+@torch.no_grad()
+def scan_kernel(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None, reverse: bool = False,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """The states of the recurrence for same-shape, same-dtype ``a`` and ``u`` (views allowed), without autograd.
+
+    ``out`` (optional) receives the states and must not overlap ``a`` or ``u``.
+
+    Chunked two-pass scan: T is split into C chunks of L steps. Pass 1 walks the L
+    positions of all chunks at once, keeping only each chunk's local end state (from
+    zero) and the product of its ``a``; a loop over the C chunks turns those into the
+    exact state entering every chunk; pass 2 walks the L positions again from those
+    states and writes the output. About 3L + C tensor ops instead of T, each over C
+    times more elements, and no division anywhere.
+    """
+    steps = u.shape[0]
+    if out is None:
+        out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    if steps == 0:
+        return out
+    length = chunk_length(steps)
+    chunks = steps // length
+    if steps <= _SEQUENTIAL_MAX_STEPS or chunks < 2:
+        _sequential(a, u, h0, out, range(steps - 1, -1, -1) if reverse else range(steps))
+        return out
+    main = chunks * length
+    # Forward: chunks cover [0, main) and the tail is finished sequentially; reversed: mirror image.
+    span = slice(steps - main, steps) if reverse else slice(0, main)
+    a_c = a[span].unflatten(0, (chunks, length))
+    u_c = u[span].unflatten(0, (chunks, length))
+    out_c = out[span].unflatten(0, (chunks, length))
+    positions = list(range(length - 1, -1, -1)) if reverse else list(range(length))
+    chunk_order = list(range(chunks - 1, -1, -1)) if reverse else list(range(chunks))
+    first = positions[0]
+
+    # Pass 1: every chunk's end state from zero, all chunks at once, and the product of its a.
+    local = u_c[:, first].clone(memory_format=torch.contiguous_format)
+    spare = torch.empty_like(local)
+    for pos in positions[1:]:
+        torch.addcmul(u_c[:, pos], a_c[:, pos], local, out=spare)
+        local, spare = spare, local
+    gain = torch.prod(a_c, dim=1)
+
+    # The state entering each chunk, chained exactly across chunks.
+    entering = torch.empty_like(local)
+    if h0 is None:
+        entering[chunk_order[0]].zero_()
+    else:
+        entering[chunk_order[0]].copy_(h0)
+    for prev, cur in zip(chunk_order[:-1], chunk_order[1:]):
+        torch.addcmul(local[prev], gain[prev], entering[prev], out=entering[cur])
+
+    # Pass 2: rerun every chunk from its true entering state, writing the output.
+    torch.addcmul(u_c[:, first], a_c[:, first], entering, out=out_c[:, first])
+    for prev, pos in zip(positions[:-1], positions[1:]):
+        torch.addcmul(u_c[:, pos], a_c[:, pos], out_c[:, prev], out=out_c[:, pos])
+
+    rest = range(steps - main - 1, -1, -1) if reverse else range(main, steps)
+    _sequential(a, u, out[steps - main] if reverse else out[main - 1], out, rest)
+    return out
+
+
+def _sequential(a: torch.Tensor, u: torch.Tensor, h0: torch.Tensor | None, out: torch.Tensor, order: range) -> None:
+    """Write ``out[t] = a[t] * prev + u[t]`` for t in ``order`` (``prev`` starts at ``h0``)."""
+    prev = h0
+    for t in order:
+        if prev is None:
+            out[t].copy_(u[t])
+        else:
+            torch.addcmul(u[t], a[t], prev, out=out[t])
+        prev = out[t]
