@@ -95,8 +95,6 @@ def cmd_pbt(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the newest checkpoint of a run dir, or a checkpoint file."""
-    import json
-
     import torch
 
     from lifelong.checkpoint import CheckpointDir, load_checkpoint
