@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/ppo_cartpole.py
 	$(BIN)/python benchmarks/ppo_halfcheetah_sps.py
 
