@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-from lifelong.agents.sac import Actor, SACConfig, SACTrainer, load_replay, polyak_update, tanh_log_prob, td_target
+from lifelong.agents.sac import Actor, SACTrainer, load_replay, polyak_update, tanh_log_prob, td_target
 from lifelong.config import ConfigError, load_config
 from lifelong.envs.base import Step
 from lifelong.optim import FlatAdam
