@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-from lifelong.agents.sac import Actor, SACTrainer, load_replay, polyak_update, tanh_log_prob, td_target
+from lifelong.agents.offpolicy import load_replay, polyak_update
+from lifelong.agents.sac import Actor, SACTrainer, tanh_log_prob, td_target
 from lifelong.config import ConfigError, load_config
 from lifelong.envs.base import Step
 from lifelong.optim import FlatAdam
@@ -146,10 +147,11 @@ def test_checkpoint_resume_continues_steps_and_restores_replay(tmp_path):
     trainer = make_trainer(run.cfg, run)
     trainer.load_state_dict(payload["trainer"])
     assert len(trainer.replay) == 300
-    saved = payload["trainer"]
+    saved = payload["trainer"]["learner"]
     for key, value in trainer.agent.state_dict().items():
         torch.testing.assert_close(value, saved["agent"][key])
     assert trainer.critic_opt.state_dict()["steps"] == saved["critic_opt"]["steps"] == trainer.updates == 201
+    assert payload["trainer"]["updates"] == 201
     assert "log_alpha" in saved["agent"] and "q1_target.net.0.weight" in saved["agent"]
     run.close()
     results = train(resume=tmp_path, overrides=["run.total_steps=500"])

@@ -19,56 +19,49 @@ TD target (DESIGN.md's episode boundaries): ``r + gamma * (1 - terminated) *
 step bootstraps from its true last observation, a terminated one from nothing, and no
 step ever bootstraps from the first observation of the next episode.
 
-Collection is vectorised: each iteration steps all ``env.num_envs`` envs once, stores the
-``num_envs`` transitions and then runs ``utd * num_envs`` gradient updates (fractions carry
-over). Before ``learning_starts`` env steps actions are uniform over the action box and no
-update is made.
+Collection and the update schedule are the shared off-policy loop (``lifelong.agents.offpolicy``):
+before ``learning_starts`` env steps actions are uniform over the action box.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lifelong.agents.base import Agent, Trainer, obs_dim
+from lifelong.agents.base import Agent, obs_dim
+from lifelong.agents.offpolicy import (
+    OffPolicyConfig,
+    OffPolicyTrainer,
+    QNetwork,
+    box_bounds,
+    flat_view,
+    polyak_update,
+)
 from lifelong.config import Config, ConfigError, setting
-from lifelong.envs import make_env
 from lifelong.memory.base import State
 from lifelong.memory.mlp import mlp
 from lifelong.optim import FlatAdam
 from lifelong.registry import AGENTS
-from lifelong.replay import TransitionReplay, next_observation
 
 
 @dataclass
-class SACConfig:
+class SACConfig(OffPolicyConfig):
     """Settings of ``agent.name: sac``."""
 
     name: str = setting("sac", "Agent.", registry="agents")
     lr: float = setting(3e-4, "Adam learning rate of actor, critics and temperature.", low=0.0, low_open=True)
-    gamma: float = setting(0.99, "Discount.", low=0.0, high=1.0)
     tau: float = setting(0.005, "Polyak coefficient of the target critics (1: hard copy).", low=0.0, high=1.0)
-    batch_size: int = setting(256, "Transitions per gradient update.", low=1)
-    buffer_size: int = setting(1_000_000, "Replay capacity in transitions (capped by run.total_steps).", low=1)
-    learning_starts: int = setting(5000, "Env steps of uniform random actions before learning starts.", low=0)
-    utd: float = setting(1.0, "Gradient updates per env step (update-to-data ratio).", low=0.0, low_open=True)
     policy_delay: int = setting(1, "Actor and temperature update once every this many critic updates.", low=1)
     alpha: float = setting(1.0, "Initial entropy temperature.", low=0.0, low_open=True)
     autotune: bool = setting(True, "Learn the temperature toward target_entropy (false: keep alpha fixed).")
     target_entropy: float | None = setting(None, "Target policy entropy (null: -|A|).")
     log_std_min: float = setting(-5.0, "Lower bound of the actor's log-std.")
     log_std_max: float = setting(2.0, "Upper bound of the actor's log-std.")
-    adam_eps: float = setting(1e-8, "Adam epsilon.", low=0.0, low_open=True)
-    max_grad_norm: float | None = setting(None, "Global gradient-norm clip per network (null: none).",
-                                          low=0.0, low_open=True)
-    save_replay: bool = setting(False, "Store the replay buffer in checkpoints (exact resume, large files).")
     memory: Any = setting({"name": "mlp", "hidden": [256, 256], "activation": "relu"},
                           "Hidden layers of actor and critics; only the memoryless mlp core.", registry="memory")
 
@@ -89,12 +82,6 @@ def tanh_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) ->
     normal = -0.5 * ((u - mean) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
     correction = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
     return (normal - correction).sum(-1)
-
-
-@torch.no_grad()
-def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
-    """``target <- tau * online + (1 - tau) * target``, in place."""
-    torch._foreach_lerp_(target, online, tau)
 
 
 def td_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, next_log_prob: torch.Tensor,
@@ -129,41 +116,22 @@ class Actor(nn.Module):
         return torch.tanh(u), tanh_log_prob(u, mean, log_std)
 
 
-class QNetwork(nn.Module):
-    """``Q(obs, a)`` with ``a`` in ``[-1, 1]``."""
-
-    def __init__(self, in_dim: int, act_dim: int, cfg: SACConfig) -> None:
-        super().__init__()
-        hidden = list(cfg.memory.hidden)
-        self.net = mlp([in_dim + act_dim, *hidden, 1], cfg.memory.activation, cfg.memory.layer_norm,
-                       last_activation=False)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q-values ``[B]``."""
-        return self.net(torch.cat([obs, action], -1)).squeeze(-1)
-
-
 class SACAgent(Agent):
     """Actor, twin critics, their targets and ``log_alpha``."""
 
     def __init__(self, observation_space: Any, action_space: Any, cfg: SACConfig) -> None:
         super().__init__()
-        if not isinstance(action_space, gym.spaces.Box):
-            raise ConfigError(f"env.id: action space {action_space} is not supported by sac (allowed: Box)")
-        low = torch.as_tensor(action_space.low, dtype=torch.float32).reshape(-1)
-        high = torch.as_tensor(action_space.high, dtype=torch.float32).reshape(-1)
-        if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-            raise ConfigError(f"env.id: sac needs a bounded action space, got {action_space}")
+        low, high = box_bounds(action_space, "sac")
         self.obs_dim = obs_dim(observation_space)
         self.act_dim = int(low.numel())
         self.act_shape = tuple(action_space.shape)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
         self.actor = Actor(self.obs_dim, self.act_dim, cfg)
-        self.q1 = QNetwork(self.obs_dim, self.act_dim, cfg)
-        self.q2 = QNetwork(self.obs_dim, self.act_dim, cfg)
-        self.q1_target = QNetwork(self.obs_dim, self.act_dim, cfg)
-        self.q2_target = QNetwork(self.obs_dim, self.act_dim, cfg)
+        self.q1 = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
+        self.q2 = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
+        self.q1_target = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
+        self.q2_target = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
         self.q1_target.load_state_dict(self.q1.state_dict())
         self.q2_target.load_state_dict(self.q2.state_dict())
         for p in self.target_parameters():
@@ -199,51 +167,14 @@ class SACAgent(Agent):
         return self.to_env(unit), state, {"unit_action": unit, "log_prob": log_prob}
 
 
-def _flat_view(params: list[nn.Parameter]) -> torch.Tensor:
-    """Move ``params`` into one contiguous buffer (each becomes a view) and return the buffer."""
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat[offset : offset + n].view_as(p)
-        offset += n
-    return flat
+class SACTrainer(OffPolicyTrainer):
+    """SAC on the shared off-policy loop."""
 
-
-def load_replay(replay: TransitionReplay, state: dict[str, Any]) -> None:
-    """Load a saved ``TransitionReplay`` state, also into a buffer of another capacity.
-
-    The capacity follows ``run.total_steps``, which a resume may change: rows are then copied
-    oldest first and only the newest ones that fit are kept.
-    """
-    if state["capacity_per_env"] == replay.capacity_per_env:
-        replay.load_state_dict(state)
-        return
-    if state["num_envs"] != replay.num_envs:
-        raise ValueError(f"replay state: num_envs={state['num_envs']} but this run has {replay.num_envs}")
-    pos, full = int(state["pos"]), bool(state["full"])
-    fields = state["fields"]
-    # Chronological order: the oldest row is at ``pos`` once the ring has wrapped.
-    ordered = {k: (torch.cat([v[pos:], v[:pos]]) if full else v) for k, v in fields.items()}
-    rows = next(iter(ordered.values())).shape[0]
-    keep = min(rows, replay.capacity_per_env)
-    for name, buf in replay.fields.items():
-        buf.zero_()
-        buf[:keep].copy_(ordered[name][rows - keep :])
-    replay.full = keep == replay.capacity_per_env
-    replay.pos = 0 if replay.full else keep
-
-
-class SACTrainer(Trainer):
-    """Steps every env once, stores the transitions, then runs ``utd * num_envs`` SAC updates."""
+    algorithm = "sac"
 
     def __init__(self, cfg: Config, run: Any) -> None:
         super().__init__(cfg, run)
-        self.hp: SACConfig = cfg.agent
-        self.hp.check(cfg)
-        hp = self.hp
-        self.device = run.device
-        self.env = make_env(cfg.env, seed=run.env_seed, device=self.device)
+        hp: SACConfig = self.hp
         self.agent = SACAgent(self.env.observation_space, self.env.action_space, hp).to(self.device)
         agent = self.agent
         self.actor_opt = FlatAdam(agent.actor.parameters(), lr=hp.lr, eps=hp.adam_eps, max_grad_norm=hp.max_grad_norm)
@@ -252,90 +183,36 @@ class SACTrainer(Trainer):
         self.critic_opt = FlatAdam(agent.critic_parameters(), lr=hp.lr, eps=hp.adam_eps,
                                    max_grad_norm=hp.max_grad_norm)
         self.alpha_opt = FlatAdam([agent.log_alpha], lr=hp.lr, eps=hp.adam_eps)
-        self.target_flat = _flat_view(agent.target_parameters())
+        self.target_flat = flat_view(agent.target_parameters())
         self.target_entropy = float(-agent.act_dim if hp.target_entropy is None else hp.target_entropy)
-        capacity = max(self.env.num_envs, min(hp.buffer_size, cfg.run.total_steps))
-        self.replay = TransitionReplay(capacity, self.env.num_envs, (agent.obs_dim,), (agent.act_dim,),
-                                       torch.float32, self.device)
-        run.logger.write(f"sac: replay buffer {capacity} transitions, {self.replay.nbytes / 2**20:.1f} MB")
-        self.updates = 0
-        self._update_credit = 0.0
+        self._setup_replay(agent.obs_dim, (agent.act_dim,), torch.float32)
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Networks, targets, log_alpha, optimizers, env normalisers, counters; the replay if ``save_replay``."""
-        state = {
+    def learner_state(self) -> dict[str, Any]:
+        """Networks, targets, log_alpha and optimizers."""
+        return {
             "agent": self.agent.state_dict(),
             "actor_opt": self.actor_opt.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
             "alpha_opt": self.alpha_opt.state_dict(),
-            "env": self.env.state_dict(),
-            "updates": self.updates,
-            "update_credit": self._update_credit,
         }
-        if self.hp.save_replay:
-            state["replay"] = self.replay.state_dict()
-            mb = sum(t.numel() * t.element_size() for t in state["replay"]["fields"].values()) / 2**20
-            self.run.logger.write(f"sac: checkpointing {len(self.replay)} replay transitions ({mb:.1f} MB)")
-        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned; learning rates come from the config."""
+    def load_learner_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``learner_state`` returned; learning rates come from the config."""
         self.agent.load_state_dict(state["agent"])
         for name in ("actor_opt", "critic_opt", "alpha_opt"):
             opt = getattr(self, name)
             opt.load_state_dict(state[name])
             opt.lr = self.hp.lr
-        self.env.load_state_dict(state["env"])
-        self.updates = int(state["updates"])
-        self._update_credit = float(state.get("update_credit", 0.0))
-        if "replay" in state and self.hp.save_replay:
-            load_replay(self.replay, state["replay"])
-            self.run.logger.write(f"sac: restored {len(self.replay)} replay transitions")
 
-    def env_state(self) -> dict[str, Any]:
-        """Normaliser statistics for evaluation."""
-        return self.env.state_dict()
+    def explore(self, obs: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform actions before learning starts, then samples of the policy; the replay keeps ``[-1, 1]``."""
+        if random:
+            unit = torch.rand(obs.shape[0], self.agent.act_dim, device=obs.device) * 2 - 1
+        else:
+            unit, _ = self.agent.actor.sample(obs)
+        return self.agent.to_env(unit), unit
 
-    # ------------------------------------------------------------------- loop
-    def train(self) -> None:
-        """Collect one step per env, learn, tick; until the run's step budget is spent."""
-        hp, run, env, agent, dev = self.hp, self.run, self.env, self.agent, self.device
-        num_envs = env.num_envs
-        log = run.logger
-        clock = time.perf_counter
-        obs = env.reset(seed=run.env_seed).reshape(num_envs, agent.obs_dim)
-        metrics: dict[str, float] = {}
-        while not run.done:
-            t0 = clock()
-            with torch.inference_mode():
-                if run.step < hp.learning_starts:
-                    unit = torch.rand(num_envs, agent.act_dim, device=dev) * 2 - 1
-                else:
-                    unit, _ = agent.actor.sample(obs)
-                action = agent.to_env(unit)
-            t1 = clock()
-            step = env.step(action)
-            t2 = clock()
-            next_obs = next_observation(step).reshape(num_envs, agent.obs_dim)
-            self.replay.add(obs, unit, step.reward.float(), step.terminated, step.truncated, next_obs)
-            obs = step.obs.reshape(num_envs, agent.obs_dim)
-            log.episodes(step.info.get("episode"))
-            run.step += num_envs
-            log.add_time("env", t2 - t1)
-            log.add_time("inference", clock() - t2 + t1 - t0)
-
-            if run.step >= hp.learning_starts:
-                t0 = clock()
-                self._update_credit += hp.utd * num_envs
-                n = int(self._update_credit)
-                self._update_credit -= n
-                for _ in range(n):
-                    metrics = self._update()
-                log.add_time("learn", clock() - t0)
-            run.tick(self, metrics)
-
-    def _update(self) -> dict[str, float]:
+    def update(self) -> dict[str, float]:
         """One critic update; actor and temperature every ``policy_delay``; Polyak-average the targets."""
         hp, agent = self.hp, self.agent
         b = self.replay.sample(hp.batch_size)
