@@ -232,3 +232,35 @@ class StepRaises(FixedLengthEnv):
 
     def step(self, action: Any) -> Any:  # type: ignore[override]
         raise ValueError("physics exploded")
+
+
+class ChainEnv(gym.Env):
+    """Reward 1 per step; every episode ends after 3 steps, even ones by termination, odd ones by truncation.
+
+    The observation names only the episode's kind (``[0.5, 0]`` terminating, ``[0.5, 1]``
+    truncating) and actions do nothing, so with discount ``gamma`` the values are known:
+    a critic that bootstraps through truncation and not through termination converges to
+    ``1 / (1 - gamma)`` on truncating episodes and, on terminating ones (where the three
+    steps share one observation), to the fixed point of ``Q = 1 + (2/3) gamma Q``.
+    """
+
+    def __init__(self, discrete: bool = False) -> None:
+        self.observation_space = spaces.Box(0.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2) if discrete else spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self._episode = -1
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([0.5, self._episode % 2], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._episode += 1
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self._t += 1
+        end = self._t >= 3
+        truncating = self._episode % 2 == 1
+        return self._obs(), 1.0, end and not truncating, end and truncating, {}

@@ -1,0 +1,173 @@
+"""TD3 and DQN, and what all off-policy agents share: episode-boundary targets on a chain with
+known values, the update schedule, target updates, checkpoint/resume and learning runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lifelong.agents.dqn import dqn_target, linear_epsilon
+from lifelong.agents.td3 import td3_target
+from lifelong.config import ConfigError, config_from_dict, load_config
+from lifelong.run import Run, make_trainer, train
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = {"eval_every": 0, "eval_episodes": 1, "eval_num_envs": 1, "checkpoint_every": 0, "log_every": 1000,
+         "progress": False, "torch_threads": 1}
+
+
+def chain_config(agent: dict, total_steps: int, discrete: bool = False) -> dict:
+    """A run on the ChainEnv (gamma 0.5: truncating value 2, terminating value 1.5)."""
+    return {
+        "run": {"name": "chain", "total_steps": total_steps, **QUIET},
+        "env": {"backend": "gymnasium", "id": "toy_envs:ChainEnv", "num_envs": 2, "vectorization": "sync",
+                "kwargs": {"discrete": discrete}},
+        "agent": {"gamma": 0.5, "learning_starts": 64, "batch_size": 64, "lr": 3e-3,
+                  "memory": {"name": "mlp", "hidden": [32], "activation": "relu"}, **agent},
+    }
+
+
+CHAIN_AGENTS = {
+    "td3": {"name": "td3", "tau": 0.05},
+    "sac": {"name": "sac", "alpha": 1e-6, "autotune": False, "tau": 0.05},
+    "dqn": {"name": "dqn", "train_every": 1, "utd": 1.0, "target_update_every": 50, "loss": "mse",
+            "exploration_fraction": 0.5},
+}
+
+
+@pytest.mark.parametrize("algo", sorted(CHAIN_AGENTS))
+def test_critics_bootstrap_through_truncation_not_termination(tmp_path, algo):
+    discrete = algo == "dqn"
+    cfg = config_from_dict(chain_config(CHAIN_AGENTS[algo], total_steps=1600, discrete=discrete))
+    torch.manual_seed(0)
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    trainer.train()
+    obs = torch.tensor([[0.5, 0.0], [0.5, 1.0]])
+    with torch.no_grad():
+        if discrete:
+            q = trainer.agent.q(obs)  # every action has the same value here
+        else:
+            action = torch.zeros(2, 1)
+            q = trainer.agent.q1(obs, action).unsqueeze(-1)
+    terminating, truncating = q[0], q[1]
+    # Known values: 1.5 where the episode terminates, 2.0 where it is cut by the time limit. Treating
+    # truncation as an end would give 1.5 on both; bootstrapping through termination 2.0 on both.
+    torch.testing.assert_close(terminating, torch.full_like(terminating, 1.5), atol=0.08, rtol=0)
+    torch.testing.assert_close(truncating, torch.full_like(truncating, 2.0), atol=0.08, rtol=0)
+    run.close()
+
+
+def test_td3_and_dqn_targets_by_hand():
+    reward = torch.tensor([1.0, 2.0])
+    terminated = torch.tensor([True, False])
+    torch.testing.assert_close(td3_target(reward, terminated, torch.tensor([5.0, 5.0]), 0.9),
+                               torch.tensor([1.0, 2.0 + 4.5]))
+    online = torch.tensor([[1.0, 3.0], [4.0, 0.0]])
+    target = torch.tensor([[10.0, 20.0], [30.0, 40.0]])
+    # Double: the online net picks action 1 for row 0 (terminated: ignored) and 0 for row 1.
+    torch.testing.assert_close(dqn_target(reward, terminated, online, target, 0.5, double=True),
+                               torch.tensor([1.0, 2.0 + 15.0]))
+    torch.testing.assert_close(dqn_target(reward, terminated, online, target, 0.5, double=False),
+                               torch.tensor([1.0, 2.0 + 20.0]))
+
+
+def test_epsilon_schedule_is_linear_then_flat():
+    assert linear_epsilon(0, 1000, 1.0, 0.1, 0.2) == 1.0
+    assert linear_epsilon(100, 1000, 1.0, 0.1, 0.2) == pytest.approx(0.55)
+    assert linear_epsilon(200, 1000, 1.0, 0.1, 0.2) == pytest.approx(0.1)
+    assert linear_epsilon(900, 1000, 1.0, 0.1, 0.2) == pytest.approx(0.1)
+    assert linear_epsilon(5, 1000, 1.0, 0.1, 0.0) == pytest.approx(0.1)
+
+
+def test_update_schedule_counts_bursts_and_fractions(tmp_path):
+    # 2 envs, learning from step 64, bursts every 10 env steps at 0.5 updates per step: the
+    # iterations ending at steps 64, 66, ..., 400 gather 169 * 2 = 338 steps -> 33 bursts of
+    # 5 updates (the last at step 392), and 8 steps wait for the next burst.
+    agent = {**CHAIN_AGENTS["dqn"], "train_every": 10, "utd": 0.5}
+    cfg = config_from_dict(chain_config(agent, total_steps=400, discrete=True))
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    trainer.train()
+    assert trainer.updates == 33 * 5
+    assert trainer._since_train == 8
+    run.close()
+
+
+def test_dqn_target_network_copies_every_n_env_steps(tmp_path):
+    agent = {**CHAIN_AGENTS["dqn"], "target_update_every": 100}
+    cfg = config_from_dict(chain_config(agent, total_steps=250, discrete=True))
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    q, target = trainer.agent.q, trainer.agent.q_target
+    copies = []
+    collect = trainer.after_collect
+
+    def watched() -> None:
+        before = target[0].weight.clone()
+        collect()
+        if not torch.equal(before, target[0].weight):
+            copies.append(run.step)
+            torch.testing.assert_close(target[0].weight, q[0].weight, rtol=0, atol=0)  # tau=1: a hard copy
+
+    trainer.after_collect = watched
+    trainer.train()
+    assert copies == [100, 200] and trainer.updates > 150
+    assert not torch.equal(q[0].weight, target[0].weight)  # learning went on after the last copy
+    run.close()
+
+
+@pytest.mark.parametrize("algo", ["td3", "dqn"])
+def test_checkpoint_resume_restores_learner_and_replay(tmp_path, algo):
+    agent = {**CHAIN_AGENTS[algo], "save_replay": True}
+    cfg = config_from_dict(chain_config(agent, total_steps=300, discrete=algo == "dqn"))
+    train(cfg, tmp_path)
+    run, payload = Run.resume(tmp_path, ["run.total_steps=500"], logger=False)
+    trainer = make_trainer(run.cfg, run)
+    trainer.load_state_dict(payload["trainer"])
+    saved = payload["trainer"]
+    assert run.step == 300 and len(trainer.replay) == 300
+    for key, value in trainer.agent.state_dict().items():
+        torch.testing.assert_close(value, saved["learner"]["agent"][key])
+    assert trainer.updates == saved["updates"] > 0
+    run.close()
+    results = train(resume=tmp_path, overrides=["run.total_steps=500"])
+    assert results["steps"] == 500
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(ConfigError, match="agent.memory.name: 'gru' is not supported by td3"):
+        load_config(ROOT / "configs/td3_halfcheetah.yaml", ["agent.memory={name: gru}"])
+    with pytest.raises(ConfigError, match="agent.loss"):
+        load_config(ROOT / "configs/dqn_cartpole.yaml", ["agent.loss=l1"])
+    with pytest.raises(ConfigError, match="agent.exploration_final_eps"):
+        load_config(ROOT / "configs/dqn_cartpole.yaml", ["agent.exploration_final_eps=1.5"])
+
+
+def test_dqn_refuses_continuous_actions(tmp_path):
+    cfg = config_from_dict(chain_config(CHAIN_AGENTS["dqn"], total_steps=100, discrete=False))
+    run = Run.create(cfg, tmp_path, logger=False)
+    with pytest.raises(ConfigError, match="not supported by dqn"):
+        make_trainer(cfg, run)
+    run.close()
+
+
+@pytest.mark.slow
+def test_dqn_solves_cartpole(tmp_path):
+    cfg = load_config(ROOT / "configs/dqn_cartpole.yaml", ["run.progress=false", "run.checkpoint_every=0"])
+    results = train(cfg, tmp_path)
+    assert max(e["mean"] for e in results["evals"]) >= 475, results["evals"]
+
+
+@pytest.mark.slow
+def test_td3_solves_pendulum(tmp_path):
+    cfg = config_from_dict({
+        "run": {"name": "td3_pendulum", "total_steps": 15000, "eval_every": 1000, "eval_episodes": 10,
+                "torch_threads": 1, "stop_return": -200, "progress": False, "checkpoint_every": 0},
+        "env": {"backend": "gymnasium", "id": "Pendulum-v1", "num_envs": 1, "vectorization": "sync"},
+        "agent": {"name": "td3", "learning_starts": 1000},
+    })
+    results = train(cfg, tmp_path)
+    assert max(e["mean"] for e in results["evals"]) >= -200, results["evals"]
