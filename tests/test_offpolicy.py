@@ -60,6 +60,88 @@ def test_critics_bootstrap_through_truncation_not_termination(tmp_path, algo):
     run.close()
 
 
+GRU = {"name": "gru", "hidden": 32}
+SEQUENCE = {"sequence_length": 8, "burn_in": 2, "head_hidden": [32]}
+
+
+@pytest.mark.parametrize("algo", sorted(CHAIN_AGENTS))
+def test_memory_core_critics_learn_the_chain_values(tmp_path, algo):
+    discrete = algo == "dqn"
+    agent = {**CHAIN_AGENTS[algo], **SEQUENCE, "memory": GRU}
+    cfg = config_from_dict(chain_config(agent, total_steps=1600, discrete=discrete))
+    torch.manual_seed(0)
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    trainer.train()
+    agent = trainer.agent
+    # Five steps of one episode of each kind, through the core: every step has the same value.
+    obs = torch.tensor([[0.5, 0.0], [0.5, 1.0]])
+    state = agent.initial_state(2, "cpu")
+    values = []
+    with torch.no_grad():
+        for t in range(5):
+            feat, state = agent.encode(obs, state, torch.full((2,), t == 0))
+            values.append(agent.q(feat).mean(-1) if discrete else agent.q1(feat, torch.zeros(2, 1)))
+    values = torch.stack(values)  # [5, 2]
+    torch.testing.assert_close(values[:, 0], torch.full((5,), 1.5), atol=0.12, rtol=0)
+    torch.testing.assert_close(values[:, 1], torch.full((5,), 2.0), atol=0.12, rtol=0)
+    run.close()
+
+
+def test_sequence_batch_aligns_rows_features_and_truncation_mask(tmp_path):
+    agent_cfg = {**CHAIN_AGENTS["dqn"], "sequence_length": 4, "burn_in": 2, "batch_size": 4, "memory": GRU,
+                 "head_hidden": [8]}
+    cfg = config_from_dict(chain_config(agent_cfg, total_steps=100, discrete=True))
+    cfg.env.num_envs = 1
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    agent, replay = trainer.agent, trainer.replay
+    torch.manual_seed(3)
+    # Exactly one window of 2 + 4 + 1 rows: the sample is the whole history, in order.
+    obs = torch.randn(7, 1, 2)
+    is_first = torch.tensor([[True], [False], [False], [True], [False], [False], [False]])
+    truncated = torch.tensor([[False], [False], [True], [False], [False], [False], [False]])
+    terminated = torch.tensor([[False], [False], [False], [False], [True], [False], [False]])
+    state = agent.initial_state(1, "cpu")
+    feats = []
+    with torch.no_grad():
+        for t in range(7):
+            replay.add(obs[t], torch.tensor([t % 2]), torch.tensor([float(t)]), terminated[t], truncated[t],
+                       is_first[t], obs[t], state=state)
+            feat, state = agent.encode(obs[t], state, is_first[t])
+            feats.append(feat)
+    feats = torch.cat(feats)  # [7, F], step by step from the stored start state
+    with torch.no_grad():
+        b = trainer.sample_batch()
+    torch.testing.assert_close(b["obs"], feats[2:6], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b["next_obs"], feats[3:7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b["next_obs_target"], feats[3:7], atol=1e-5, rtol=1e-5)  # targets start equal
+    assert b["reward"].tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert b["action"].tolist() == [0, 1, 0, 1]
+    assert b["terminated"].tolist() == [False, False, True, False]
+    assert b["mask"].tolist() == [0.0, 1.0, 1.0, 1.0]  # the truncated row has no bootstrap in the window
+    run.close()
+
+
+def test_memory_core_is_needed_and_used_on_a_cue_task(tmp_path):
+    def run_with(memory: dict, sub: str) -> float:
+        agent = {"name": "dqn", "gamma": 0.9, "lr": 3e-3, "learning_starts": 200, "batch_size": 64,
+                 "train_every": 1, "utd": 0.5, "target_update_every": 100, "exploration_fraction": 0.3,
+                 "exploration_final_eps": 0.02, "sequence_length": 4, "head_hidden": [32], "memory": memory}
+        cfg = config_from_dict({
+            "run": {"name": "cue", "total_steps": 3000, **QUIET, "eval_every": 0, "eval_episodes": 100},
+            "env": {"backend": "gymnasium", "id": "toy_envs:CueEnv", "num_envs": 4, "vectorization": "sync"},
+            "agent": agent,
+        })
+        torch.manual_seed(0)
+        return train(cfg, tmp_path / sub)["evals"][-1]["mean"]
+
+    with_memory = run_with(GRU, "gru")
+    without = run_with({"name": "mlp", "hidden": [32], "activation": "relu"}, "mlp")
+    assert with_memory >= 0.95, with_memory
+    assert without <= 0.75, without
+
+
 def test_td3_and_dqn_targets_by_hand():
     reward = torch.tensor([1.0, 2.0])
     terminated = torch.tensor([True, False])
@@ -138,8 +220,8 @@ def test_checkpoint_resume_restores_learner_and_replay(tmp_path, algo):
 
 
 def test_bad_settings_are_one_line_errors():
-    with pytest.raises(ConfigError, match="agent.memory.name: 'gru' is not supported by td3"):
-        load_config(ROOT / "configs/td3_halfcheetah.yaml", ["agent.memory={name: gru}"])
+    with pytest.raises(ConfigError, match="agent.head_hidden"):
+        load_config(ROOT / "configs/td3_halfcheetah.yaml", ["agent.memory={name: gru}", "agent.head_hidden=[0]"])
     with pytest.raises(ConfigError, match="agent.loss"):
         load_config(ROOT / "configs/dqn_cartpole.yaml", ["agent.loss=l1"])
     with pytest.raises(ConfigError, match="agent.exploration_final_eps"):

@@ -133,11 +133,6 @@ def test_replay_reload_into_other_capacity_keeps_newest_rows_in_order():
     assert tiny.full and tiny.fields["obs"][:, 0, 0].tolist() == [3.0, 4.0, 5.0]
 
 
-def test_recurrent_core_is_refused():
-    with pytest.raises(ConfigError, match="agent.memory.name: 'gru' is not supported by sac"):
-        load_config(PRESET, ["agent.memory={name: gru}"])
-
-
 def test_checkpoint_resume_continues_steps_and_restores_replay(tmp_path):
     cfg = load_config(PRESET, TINY + ["run.total_steps=300", "agent.save_replay=true"])
     first = train(cfg, tmp_path)

@@ -235,20 +235,20 @@ class StepRaises(FixedLengthEnv):
 
 
 class ChainEnv(gym.Env):
-    """Reward 1 per step; every episode ends after 3 steps, even ones by termination, odd ones by truncation.
+    """Reward 1 per step; each step ends the episode with probability 1/3, by termination in even
+    episodes and by truncation in odd ones.
 
     The observation names only the episode's kind (``[0.5, 0]`` terminating, ``[0.5, 1]``
-    truncating) and actions do nothing, so with discount ``gamma`` the values are known:
-    a critic that bootstraps through truncation and not through termination converges to
-    ``1 / (1 - gamma)`` on truncating episodes and, on terminating ones (where the three
-    steps share one observation), to the fixed point of ``Q = 1 + (2/3) gamma Q``.
+    truncating) and actions do nothing. With discount ``gamma`` and a constant hazard the
+    values are known and the same at every step (so also for a critic with memory): a critic
+    that bootstraps through truncation and not through termination converges to
+    ``1 / (1 - gamma)`` on truncating episodes and to ``1 / (1 - 2 gamma / 3)`` on terminating ones.
     """
 
     def __init__(self, discrete: bool = False) -> None:
         self.observation_space = spaces.Box(0.0, 1.0, (2,), np.float32)
         self.action_space = spaces.Discrete(2) if discrete else spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._episode = -1
-        self._t = 0
 
     def _obs(self) -> np.ndarray:
         return np.array([0.5, self._episode % 2], dtype=np.float32)
@@ -256,11 +256,36 @@ class ChainEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self._episode += 1
-        self._t = 0
         return self._obs(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self._t += 1
-        end = self._t >= 3
+        end = bool(self.np_random.random() < 1 / 3)
         truncating = self._episode % 2 == 1
         return self._obs(), 1.0, end and not truncating, end and truncating, {}
+
+
+class CueEnv(gym.Env):
+    """Remember a bit: step 0 shows a cue (``[+-1, 0]``), then ``gap`` blank steps, then a query
+    (``[0, 1]``) whose action must repeat the cue (action 1 for +1) for reward 1; the episode
+    then terminates. Only a policy with memory beats 1/2 on the query.
+    """
+
+    def __init__(self, gap: int = 2) -> None:
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.gap = gap
+        self._t = 0
+        self._cue = 1
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._t = 0
+        self._cue = int(self.np_random.integers(2))
+        return np.array([2 * self._cue - 1, 0], dtype=np.float32), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self._t += 1
+        if self._t <= self.gap:
+            query = self._t == self.gap
+            return np.array([0, float(query)], dtype=np.float32), 0.0, False, False, {}
+        return np.zeros(2, dtype=np.float32), float(int(action) == self._cue), True, False, {}

@@ -1,6 +1,7 @@
 """DQN (Mnih et al. 2015) with double-Q targets (van Hasselt et al. 2016), for discrete actions.
 
-Memoryless MLP Q-network (``agent.memory.name: mlp``).
+MLP Q-network (``agent.memory.name: mlp``) or a Q-head on a memory core with sequence
+replay (see ``lifelong.agents.offpolicy``).
 
 * Acting: epsilon-greedy; epsilon falls linearly from ``exploration_initial_eps`` to
   ``exploration_final_eps`` over the first ``exploration_fraction`` of ``run.total_steps``
@@ -23,12 +24,18 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import torch
-from torch.nn import functional as F
+from torch import nn
 
-from lifelong.agents.base import Agent, obs_dim
-from lifelong.agents.offpolicy import OffPolicyConfig, OffPolicyTrainer, flat_view, frozen_copy, polyak_update
+from lifelong.agents.offpolicy import (
+    OffPolicyAgent,
+    OffPolicyConfig,
+    OffPolicyTrainer,
+    flat_view,
+    frozen_copy,
+    masked_loss,
+    polyak_update,
+)
 from lifelong.config import Config, ConfigError, setting
-from lifelong.memory.base import State
 from lifelong.memory.mlp import mlp
 from lifelong.optim import FlatAdam
 from lifelong.registry import AGENTS
@@ -55,12 +62,8 @@ class DQNConfig(OffPolicyConfig):
     exploration_fraction: float = setting(0.1, "Fraction of run.total_steps over which epsilon decays.",
                                           low=0.0, high=1.0)
     memory: Any = setting({"name": "mlp", "hidden": [64, 64], "activation": "relu"},
-                          "Hidden layers of the Q-network; only the memoryless mlp core.", registry="memory")
-
-    def check(self, cfg: Config) -> None:
-        """Only the memoryless ``mlp`` core."""
-        if self.memory.name != "mlp":
-            raise ConfigError(f"agent.memory.name: {self.memory.name!r} is not supported by dqn (allowed: mlp)")
+                          "Core: mlp sizes the Q-network; a memory module (gru, s5, ...) reads the observations "
+                          "for a Q-head of head_hidden widths (sequence replay).", registry="memory")
 
 
 def linear_epsilon(step: int, total_steps: int, initial: float, final: float, fraction: float) -> float:
@@ -82,37 +85,43 @@ def dqn_target(reward: torch.Tensor, terminated: torch.Tensor, next_q_online: to
     return reward + gamma * (~terminated).to(reward.dtype) * next_value
 
 
-class DQNAgent(Agent):
-    """Q-network and its target; acts epsilon-greedily."""
+class DQNAgent(OffPolicyAgent):
+    """Q-network and its target (on a memory core's features if configured); acts epsilon-greedily."""
 
     def __init__(self, observation_space: Any, action_space: Any, cfg: DQNConfig) -> None:
         super().__init__()
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ConfigError(f"env.id: action space {action_space} is not supported by dqn (allowed: Discrete)")
-        self.obs_dim = obs_dim(observation_space)
+        in_dim = self._init_core(observation_space, cfg)
         self.num_actions = int(action_space.n)
-        core = cfg.memory
-        self.q = mlp([self.obs_dim, *core.hidden, self.num_actions], core.activation, core.layer_norm,
+        widths = cfg.network_widths()
+        self.q = mlp([in_dim, *widths.hidden, self.num_actions], widths.activation, widths.layer_norm,
                      last_activation=False)
         self.q_target = frozen_copy(self.q)
         self.epsilon = float(cfg.exploration_initial_eps)
 
-    def initial_state(self, batch_size: int, device: torch.device | str) -> State:
-        """No state."""
-        return ()
+    def q_parameters(self) -> list[nn.Parameter]:
+        """Online core (if any) and Q-head parameters, in the order matching ``target_parameters``."""
+        core = [*self.core.parameters()] if self.core is not None else []
+        return [*core, *self.q.parameters()]
 
-    def epsilon_greedy(self, obs: torch.Tensor, epsilon: float) -> torch.Tensor:
-        """Greedy actions ``[B]``, each replaced by a uniform one with probability ``epsilon``."""
-        greedy = self.q(obs).argmax(-1)
+    def target_parameters(self) -> list[nn.Parameter]:
+        """Target core (if any) and target Q-head parameters."""
+        core = [*self.core_target.parameters()] if self.core_target is not None else []
+        return [*core, *self.q_target.parameters()]
+
+    def epsilon_greedy(self, feat: torch.Tensor, epsilon: float) -> torch.Tensor:
+        """Greedy actions ``[B]`` for features ``[B, F]``, each uniform instead with probability ``epsilon``."""
+        greedy = self.q(feat).argmax(-1)
         if epsilon <= 0.0:
             return greedy
-        explore = torch.rand(greedy.shape, device=obs.device) < epsilon
-        uniform = torch.randint(self.num_actions, greedy.shape, device=obs.device)
+        explore = torch.rand(greedy.shape, device=feat.device) < epsilon
+        uniform = torch.randint(self.num_actions, greedy.shape, device=feat.device)
         return torch.where(explore, uniform, greedy)
 
     def act(self, obs, state, is_first, deterministic: bool = False):
         """Greedy if ``deterministic``, else epsilon-greedy with the current schedule value."""
-        x = obs.reshape(obs.shape[0], self.obs_dim)
+        x, state = self.encode(obs, state, is_first)
         return self.epsilon_greedy(x, 0.0 if deterministic else self.epsilon), state, {}
 
 
@@ -125,9 +134,9 @@ class DQNTrainer(OffPolicyTrainer):
         super().__init__(cfg, run)
         hp: DQNConfig = self.hp
         self.agent = DQNAgent(self.env.observation_space, self.env.action_space, hp).to(self.device)
-        self.opt = FlatAdam(self.agent.q.parameters(), lr=hp.lr, eps=hp.adam_eps, max_grad_norm=hp.max_grad_norm)
-        self.target_flat = flat_view([*self.agent.q_target.parameters()])
-        self._setup_replay(self.agent.obs_dim, (), torch.int64)
+        self.opt = FlatAdam(self.agent.q_parameters(), lr=hp.lr, eps=hp.adam_eps, max_grad_norm=hp.max_grad_norm)
+        self.target_flat = flat_view(self.agent.target_parameters())
+        self._setup_replay((), torch.int64)
         self._next_target_update = hp.target_update_every
 
     def learner_state(self) -> dict[str, Any]:
@@ -142,12 +151,12 @@ class DQNTrainer(OffPolicyTrainer):
         self.opt.lr = self.hp.lr
         self._next_target_update = int(state["next_target_update"])
 
-    def explore(self, obs: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def explore(self, feat: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform actions before learning starts, then epsilon-greedy on the schedule."""
         hp = self.hp
         self.agent.epsilon = linear_epsilon(self.run.step, self.cfg.run.total_steps, hp.exploration_initial_eps,
                                             hp.exploration_final_eps, hp.exploration_fraction)
-        action = self.agent.epsilon_greedy(obs, 1.0 if random else self.agent.epsilon)
+        action = self.agent.epsilon_greedy(feat, 1.0 if random else self.agent.epsilon)
         return action, action
 
     def after_collect(self) -> None:
@@ -160,13 +169,13 @@ class DQNTrainer(OffPolicyTrainer):
     def update(self) -> dict[str, float]:
         """One TD update of the Q-network."""
         hp, agent = self.hp, self.agent
-        b = self.replay.sample(hp.batch_size)
+        b = self.sample_batch()
         with torch.no_grad():
-            next_q_target = agent.q_target(b["next_obs"])
+            next_q_target = agent.q_target(b["next_obs_target"])
             next_q_online = agent.q(b["next_obs"]) if hp.double else next_q_target
             target = dqn_target(b["reward"], b["terminated"], next_q_online, next_q_target, hp.gamma, hp.double)
         q = agent.q(b["obs"]).gather(-1, b["action"].unsqueeze(-1)).squeeze(-1)
-        loss = F.smooth_l1_loss(q, target) if hp.loss == "huber" else F.mse_loss(q, target)
+        loss = masked_loss(q, target, b["mask"], hp.loss)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
@@ -175,7 +184,7 @@ class DQNTrainer(OffPolicyTrainer):
         return {"losses/td": loss_value, "losses/q_values": q_value, "charts/epsilon": agent.epsilon}
 
 
-@AGENTS.register("dqn", config=DQNConfig, summary="Double DQN with a target network, discrete actions, MLP.")
+@AGENTS.register("dqn", config=DQNConfig, summary="Double DQN with a target network, discrete actions.")
 def make_dqn(cfg: Config, run: Any) -> DQNTrainer:
     """Build the DQN trainer."""
     return DQNTrainer(cfg, run)

@@ -10,6 +10,20 @@ step, as SB3's ``train_freq=1, gradient_steps=1``; DQN's RL-Zoo CartPole setting
 Targets follow DESIGN.md's episode boundaries: the replay stores ``next_observation(step)``
 (the true last observation where an episode ended) and ``terminated`` apart from
 ``truncated``; a target bootstraps unless ``terminated``.
+
+Memory cores (``agent.memory.name`` other than ``mlp``; R2D2-style, Kapturowski et al. 2019):
+the agent reads observations through one recurrent core ``obs -> Memory -> feature`` and
+its usual networks (actor, critics, Q-head; widths ``head_hidden``) act on features. The
+loop carries each env's core state and stores it with every row of a ``SequenceReplay``.
+An update samples ``batch_size // sequence_length`` windows of ``burn_in + sequence_length
++ 1`` rows, each starting from its stored state: the first ``burn_in`` rows only refresh
+the state (no gradient), the next ``sequence_length`` rows are trained, and row ``t + 1``
+gives the bootstrap features of row ``t`` (online core for the next action, Polyak-averaged
+target core for the target value). Resets at ``is_first`` happen inside the core. A row
+whose episode was truncated is left out of the loss: its bootstrap observation
+(``final_obs``) is not in the window's sequence, and ``obs[t + 1]`` already belongs to the
+next episode. Terminated rows bootstrap from nothing, as always. The critic loss trains the
+core; the actor reads detached features (as shared-encoder SAC does).
 """
 
 from __future__ import annotations
@@ -17,17 +31,21 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import gymnasium as gym
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from lifelong.agents.base import Agent, Trainer
+from lifelong.agents.base import Agent, Trainer, obs_dim
 from lifelong.config import Config, ConfigError, setting
 from lifelong.envs import make_env
 from lifelong.memory.mlp import mlp
-from lifelong.replay import TransitionReplay, next_observation
+from lifelong.memory.base import Memory, State, detach_state
+from lifelong.registry import MEMORY
+from lifelong.replay import SequenceReplay, TransitionReplay, next_observation
 
 
 @dataclass
@@ -45,6 +63,29 @@ class OffPolicyConfig:
     max_grad_norm: float | None = setting(None, "Global gradient-norm clip per network (null: none).",
                                           low=0.0, low_open=True)
     save_replay: bool = setting(False, "Store the replay buffer in checkpoints (exact resume, large files).")
+    sequence_length: int = setting(32, "Memory cores: trained steps per replayed window.", low=1)
+    burn_in: int = setting(0, "Memory cores: steps replayed before each window only to refresh its state.",
+                           low=0)
+    head_hidden: list[int] = setting([256, 256], "Memory cores: hidden widths of the networks on the core's "
+                                     "features (with mlp, memory.hidden sizes the networks).")
+    head_activation: Literal["tanh", "relu", "elu", "gelu", "silu", "leaky_relu"] = setting(
+        "relu", "Memory cores: activation of those networks.")
+
+    def uses_memory(self) -> bool:
+        """True for a memory core (sequence replay); False for the standard memoryless networks."""
+        return self.memory.name != "mlp"
+
+    def network_widths(self) -> SimpleNamespace:
+        """Widths of actor/critic/Q networks: the mlp core's own, or ``head_*`` on top of a memory core."""
+        if not self.uses_memory():
+            return SimpleNamespace(hidden=list(self.memory.hidden), activation=self.memory.activation,
+                                   layer_norm=self.memory.layer_norm)
+        return SimpleNamespace(hidden=list(self.head_hidden), activation=self.head_activation, layer_norm=False)
+
+    def check(self, cfg: Config) -> None:
+        """Head widths positive."""
+        if any(w < 1 for w in self.head_hidden):
+            raise ConfigError(f"agent.head_hidden: {self.head_hidden!r} has a width below 1 (allowed: positive ints)")
 
 
 @torch.no_grad()
@@ -121,6 +162,49 @@ class QNetwork(nn.Module):
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
 
 
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, kind: str = "mse") -> torch.Tensor:
+    """Mean squared (or Huber) error over the rows where ``mask`` is 1 (all rows when ``mask`` is None)."""
+    if kind == "mse":
+        error = (pred - target) ** 2
+    else:
+        error = F.smooth_l1_loss(pred, target, reduction="none")
+    if mask is None:
+        return error.mean()
+    return (error * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class OffPolicyAgent(Agent):
+    """What reads observations for an off-policy agent: the flat observation itself, or a memory core.
+
+    Subclasses call ``_init_core`` first and size their networks by the feature width it returns.
+    """
+
+    core: Memory | None
+    core_target: Memory | None
+
+    def _init_core(self, observation_space: Any, cfg: OffPolicyConfig) -> int:
+        """Build the memory core and its frozen target if configured; return the feature width."""
+        self.obs_dim = obs_dim(observation_space)
+        if cfg.uses_memory():
+            self.core = MEMORY.get(cfg.memory.name, "agent.memory.name").factory(self.obs_dim, cfg.memory)
+            self.core_target = frozen_copy(self.core)
+            return int(self.core.output_dim)
+        self.core = self.core_target = None
+        return self.obs_dim
+
+    def initial_state(self, batch_size: int, device: torch.device | str) -> State:
+        """The core's fresh state (empty without a core)."""
+        return () if self.core is None else self.core.initial_state(batch_size, device)
+
+    def encode(self, obs: torch.Tensor, state: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Features ``[B, F]`` of one step's observations ``[B, ...]`` and the next core state."""
+        x = obs.reshape(obs.shape[0], self.obs_dim)
+        if self.core is None:
+            return x, state
+        y, state = self.core(x.unsqueeze(0), state, is_first.unsqueeze(0))
+        return y.squeeze(0), state
+
+
 class OffPolicyTrainer(Trainer):
     """Collect with the exploration policy, store transitions, run scheduled updates, tick the run.
 
@@ -142,19 +226,77 @@ class OffPolicyTrainer(Trainer):
         self._since_train = 0
         self.agent: Agent
 
-    def _setup_replay(self, obs_dim: int, action_shape: tuple[int, ...], action_dtype: torch.dtype) -> None:
-        """Allocate the transition replay (capacity capped by the run's step budget) and log its size."""
-        capacity = max(self.env.num_envs, min(self.hp.buffer_size, self.cfg.run.total_steps))
-        self.obs_dim = obs_dim
-        self.replay = TransitionReplay(capacity, self.env.num_envs, (obs_dim,), action_shape, action_dtype,
-                                       self.device)
-        self.run.logger.write(f"{self.algorithm}: replay buffer {capacity} transitions, "
+    def _setup_replay(self, action_shape: tuple[int, ...], action_dtype: torch.dtype) -> None:
+        """Allocate the replay (capacity capped by the run's step budget) and log its size.
+
+        Transitions for the memoryless networks; rows with each env's core state for a memory core.
+        """
+        agent, num_envs = self.agent, self.env.num_envs
+        capacity = max(num_envs, min(self.hp.buffer_size, self.cfg.run.total_steps))
+        self.obs_dim = agent.obs_dim
+        if agent.core is None:
+            self.replay = TransitionReplay(capacity, num_envs, (agent.obs_dim,), action_shape, action_dtype,
+                                           self.device)
+        else:
+            window = self.hp.burn_in + self.hp.sequence_length + 1
+            capacity = max(capacity, window * num_envs)
+            self.replay = SequenceReplay(capacity, num_envs, (agent.obs_dim,), action_shape, action_dtype,
+                                         self.device, state_example=agent.initial_state(num_envs, self.device),
+                                         state_batch_dim=agent.core.state_batch_dim)
+        self.run.logger.write(f"{self.algorithm}: {type(self.replay).__name__} of {capacity} transitions, "
                               f"{self.replay.nbytes / 2**20:.1f} MB")
+
+    @property
+    def learning_starts(self) -> int:
+        """Env steps before the first update: the configured value, and at least one window per env."""
+        if self.agent.core is None:
+            return self.hp.learning_starts
+        window = self.hp.burn_in + self.hp.sequence_length + 1
+        return max(self.hp.learning_starts, window * self.env.num_envs)
+
+    def sample_batch(self) -> dict[str, torch.Tensor | None]:
+        """A training batch in one layout for both kinds of replay, rows flattened to ``[N, ...]``.
+
+        ``obs``: the inputs of the networks at t (features with gradient into the core, for a
+        memory core); ``next_obs``: the online inputs at the successor (no gradient);
+        ``next_obs_target``: the target network's inputs at the successor; ``action``,
+        ``reward``, ``terminated``; ``mask``: 1 where the row counts in the loss (None: all).
+        """
+        hp, agent = self.hp, self.agent
+        if agent.core is None:
+            b = self.replay.sample(hp.batch_size)
+            return {"obs": b["obs"], "next_obs": b["next_obs"], "next_obs_target": b["next_obs"],
+                    "action": b["action"], "reward": b["reward"], "terminated": b["terminated"], "mask": None}
+        burn, length = hp.burn_in, hp.sequence_length
+        windows = max(1, hp.batch_size // length)
+        w = self.replay.sample(windows, burn + length + 1)
+        obs, first, state = w["obs"], w["is_first"], w["state"]
+        with torch.no_grad():
+            state_target = state
+            if burn:
+                _, state = agent.core(obs[:burn], state, first[:burn])
+                _, state_target = agent.core_target(obs[:burn], state_target, first[:burn])
+            feat_target, _ = agent.core_target(obs[burn:], state_target, first[burn:])
+        feat, _ = agent.core(obs[burn:], detach_state(state), first[burn:])
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(length * windows, *x.shape[2:])
+
+        trained = slice(burn, burn + length)
+        return {
+            "obs": rows(feat[:-1]),
+            "next_obs": rows(feat[1:].detach()),
+            "next_obs_target": rows(feat_target[1:]),
+            "action": rows(w["action"][trained]),
+            "reward": rows(w["reward"][trained]),
+            "terminated": rows(w["terminated"][trained]),
+            "mask": rows(~w["truncated"][trained]).float(),
+        }
 
     # --------------------------------------------------------------- to implement
     @abstractmethod
-    def explore(self, obs: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions for ``obs [B, obs_dim]``: (as the env takes them, as the replay stores them)."""
+    def explore(self, feat: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions for features ``[B, F]`` (see ``OffPolicyAgent.encode``): (for the env, for the replay)."""
 
     @abstractmethod
     def update(self) -> dict[str, float]:
@@ -206,29 +348,41 @@ class OffPolicyTrainer(Trainer):
     # ------------------------------------------------------------------- loop
     def train(self) -> None:
         """Collect one step per env, learn when due, tick; until the run's step budget is spent."""
-        hp, run, env = self.hp, self.run, self.env
+        hp, run, env, agent = self.hp, self.run, self.env, self.agent
         num_envs = env.num_envs
         log = run.logger
         clock = time.perf_counter
+        learning_starts = self.learning_starts
+        sequences = isinstance(self.replay, SequenceReplay)
         obs = env.reset(seed=run.env_seed).reshape(num_envs, self.obs_dim)
+        # Each episode in progress restarts its core state at the run's (re)start.
+        state = agent.initial_state(num_envs, self.device)
+        is_first = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         metrics: dict[str, float] = {}
         while not run.done:
             t0 = clock()
             with torch.inference_mode():
-                env_action, stored_action = self.explore(obs, random=run.step < hp.learning_starts)
+                feat, next_state = agent.encode(obs, state, is_first)
+                env_action, stored_action = self.explore(feat, random=run.step < learning_starts)
             t1 = clock()
             step = env.step(env_action)
             t2 = clock()
-            next_obs = next_observation(step).reshape(num_envs, self.obs_dim)
-            self.replay.add(obs, stored_action, step.reward.float(), step.terminated, step.truncated, next_obs)
-            obs = step.obs.reshape(num_envs, self.obs_dim)
+            reward = step.reward.float()
+            if sequences:
+                final_obs = step.final_obs.reshape(num_envs, self.obs_dim)
+                self.replay.add(obs, stored_action, reward, step.terminated, step.truncated, is_first, final_obs,
+                                state=state)
+            else:
+                next_obs = next_observation(step).reshape(num_envs, self.obs_dim)
+                self.replay.add(obs, stored_action, reward, step.terminated, step.truncated, next_obs)
+            obs, state, is_first = step.obs.reshape(num_envs, self.obs_dim), next_state, step.is_first
             log.episodes(step.info.get("episode"))
             run.step += num_envs
             self.after_collect()
             log.add_time("env", t2 - t1)
             log.add_time("inference", clock() - t2 + t1 - t0)
 
-            if run.step >= hp.learning_starts:
+            if run.step >= learning_starts:
                 self._since_train += num_envs
                 if self._since_train >= hp.train_every:
                     t0 = clock()

@@ -1,6 +1,7 @@
 """Soft Actor-Critic (Haarnoja et al. 2018, "SAC v2": twin critics, automatic entropy tuning).
 
-Continuous (Box) actions only, memoryless MLP networks only (``agent.memory.name: mlp``).
+Continuous (Box) actions; MLP networks (``agent.memory.name: mlp``) or a memory core with
+sequence replay (see ``lifelong.agents.offpolicy``).
 
 * Actor: ``obs -> MLP -> (mean, log_std)``; ``u ~ N(mean, std)``, ``a = tanh(u)`` in ``[-1, 1]``,
   rescaled to the env's bounds as ``bias + scale * a`` when stepping the env. The log-prob is
@@ -33,17 +34,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lifelong.agents.base import Agent, obs_dim
 from lifelong.agents.offpolicy import (
+    OffPolicyAgent,
     OffPolicyConfig,
     OffPolicyTrainer,
     QNetwork,
     box_bounds,
     flat_view,
+    frozen_copy,
+    masked_loss,
     polyak_update,
 )
 from lifelong.config import Config, ConfigError, setting
-from lifelong.memory.base import State
 from lifelong.memory.mlp import mlp
 from lifelong.optim import FlatAdam
 from lifelong.registry import AGENTS
@@ -63,12 +65,12 @@ class SACConfig(OffPolicyConfig):
     log_std_min: float = setting(-5.0, "Lower bound of the actor's log-std.")
     log_std_max: float = setting(2.0, "Upper bound of the actor's log-std.")
     memory: Any = setting({"name": "mlp", "hidden": [256, 256], "activation": "relu"},
-                          "Hidden layers of actor and critics; only the memoryless mlp core.", registry="memory")
+                          "Core: mlp sizes the actor and critics; a memory module (gru, s5, ...) reads the "
+                          "observations for all of them (sequence replay).", registry="memory")
 
     def check(self, cfg: Config) -> None:
-        """Only the memoryless ``mlp`` core; log_std bounds ordered."""
-        if self.memory.name != "mlp":
-            raise ConfigError(f"agent.memory.name: {self.memory.name!r} is not supported by sac (allowed: mlp)")
+        """Shared checks; log_std bounds ordered."""
+        super().check(cfg)
         if self.log_std_min >= self.log_std_max:
             raise ConfigError(f"agent.log_std_min: {self.log_std_min} must be below "
                               f"agent.log_std_max={self.log_std_max}")
@@ -95,8 +97,9 @@ class Actor(nn.Module):
 
     def __init__(self, in_dim: int, act_dim: int, cfg: SACConfig) -> None:
         super().__init__()
-        hidden = list(cfg.memory.hidden)
-        self.trunk = mlp([in_dim, *hidden], cfg.memory.activation, cfg.memory.layer_norm)
+        widths = cfg.network_widths()
+        hidden = widths.hidden
+        self.trunk = mlp([in_dim, *hidden], widths.activation, widths.layer_norm)
         width = hidden[-1] if hidden else in_dim
         self.mean = nn.Linear(width, act_dim)
         self.log_std = nn.Linear(width, act_dim)
@@ -116,48 +119,43 @@ class Actor(nn.Module):
         return torch.tanh(u), tanh_log_prob(u, mean, log_std)
 
 
-class SACAgent(Agent):
-    """Actor, twin critics, their targets and ``log_alpha``."""
+class SACAgent(OffPolicyAgent):
+    """Actor, twin critics, their targets and ``log_alpha`` (on a memory core's features if configured)."""
 
     def __init__(self, observation_space: Any, action_space: Any, cfg: SACConfig) -> None:
         super().__init__()
         low, high = box_bounds(action_space, "sac")
-        self.obs_dim = obs_dim(observation_space)
+        in_dim = self._init_core(observation_space, cfg)
         self.act_dim = int(low.numel())
         self.act_shape = tuple(action_space.shape)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
-        self.actor = Actor(self.obs_dim, self.act_dim, cfg)
-        self.q1 = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
-        self.q2 = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
-        self.q1_target = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
-        self.q2_target = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
-        self.q1_target.load_state_dict(self.q1.state_dict())
-        self.q2_target.load_state_dict(self.q2.state_dict())
-        for p in self.target_parameters():
-            p.requires_grad_(False)
+        widths = cfg.network_widths()
+        self.actor = Actor(in_dim, self.act_dim, cfg)
+        self.q1 = QNetwork(in_dim, self.act_dim, widths)
+        self.q2 = QNetwork(in_dim, self.act_dim, widths)
+        self.q1_target = frozen_copy(self.q1)
+        self.q2_target = frozen_copy(self.q2)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.alpha)))
 
     def critic_parameters(self) -> list[nn.Parameter]:
-        """Online critic parameters, in the order matching ``target_parameters``."""
-        return [*self.q1.parameters(), *self.q2.parameters()]
+        """Online core (if any) and critic parameters, in the order matching ``target_parameters``."""
+        core = [*self.core.parameters()] if self.core is not None else []
+        return [*core, *self.q1.parameters(), *self.q2.parameters()]
 
     def target_parameters(self) -> list[nn.Parameter]:
-        """Target critic parameters."""
-        return [*self.q1_target.parameters(), *self.q2_target.parameters()]
+        """Target core (if any) and target critic parameters."""
+        core = [*self.core_target.parameters()] if self.core_target is not None else []
+        return [*core, *self.q1_target.parameters(), *self.q2_target.parameters()]
 
     def to_env(self, unit_action: torch.Tensor) -> torch.Tensor:
         """``[-1, 1]`` actions ``[B, A]`` rescaled to the env's bounds and shape."""
         action = self.action_bias + self.action_scale * unit_action
         return action.view(action.shape[0], *self.act_shape)
 
-    def initial_state(self, batch_size: int, device: torch.device | str) -> State:
-        """No state."""
-        return ()
-
     def act(self, obs, state, is_first, deterministic: bool = False):
         """Sampled (or ``tanh(mean)``) actions in the env's bounds; extras hold ``unit_action`` and ``log_prob``."""
-        x = obs.reshape(obs.shape[0], self.obs_dim)
+        x, state = self.encode(obs, state, is_first)
         if deterministic:
             mean, log_std = self.actor(x)
             unit = torch.tanh(mean)
@@ -185,7 +183,7 @@ class SACTrainer(OffPolicyTrainer):
         self.alpha_opt = FlatAdam([agent.log_alpha], lr=hp.lr, eps=hp.adam_eps)
         self.target_flat = flat_view(agent.target_parameters())
         self.target_entropy = float(-agent.act_dim if hp.target_entropy is None else hp.target_entropy)
-        self._setup_replay(agent.obs_dim, (agent.act_dim,), torch.float32)
+        self._setup_replay((agent.act_dim,), torch.float32)
 
     def learner_state(self) -> dict[str, Any]:
         """Networks, targets, log_alpha and optimizers."""
@@ -204,25 +202,26 @@ class SACTrainer(OffPolicyTrainer):
             opt.load_state_dict(state[name])
             opt.lr = self.hp.lr
 
-    def explore(self, obs: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def explore(self, feat: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform actions before learning starts, then samples of the policy; the replay keeps ``[-1, 1]``."""
         if random:
-            unit = torch.rand(obs.shape[0], self.agent.act_dim, device=obs.device) * 2 - 1
+            unit = torch.rand(feat.shape[0], self.agent.act_dim, device=feat.device) * 2 - 1
         else:
-            unit, _ = self.agent.actor.sample(obs)
+            unit, _ = self.agent.actor.sample(feat)
         return self.agent.to_env(unit), unit
 
     def update(self) -> dict[str, float]:
         """One critic update; actor and temperature every ``policy_delay``; Polyak-average the targets."""
         hp, agent = self.hp, self.agent
-        b = self.replay.sample(hp.batch_size)
+        b = self.sample_batch()
         alpha = agent.log_alpha.detach().exp()
         with torch.no_grad():
             next_action, next_log_prob = agent.actor.sample(b["next_obs"])
-            next_q = torch.min(agent.q1_target(b["next_obs"], next_action), agent.q2_target(b["next_obs"], next_action))
+            next_t = b["next_obs_target"]
+            next_q = torch.min(agent.q1_target(next_t, next_action), agent.q2_target(next_t, next_action))
             target = td_target(b["reward"], b["terminated"], next_q, next_log_prob, alpha, hp.gamma)
-        qf1_loss = F.mse_loss(agent.q1(b["obs"], b["action"]), target)
-        qf2_loss = F.mse_loss(agent.q2(b["obs"], b["action"]), target)
+        qf1_loss = masked_loss(agent.q1(b["obs"], b["action"]), target, b["mask"])
+        qf2_loss = masked_loss(agent.q2(b["obs"], b["action"]), target, b["mask"])
         self.critic_opt.zero_grad()
         (qf1_loss + qf2_loss).backward()
         self.critic_opt.step()
@@ -230,11 +229,14 @@ class SACTrainer(OffPolicyTrainer):
 
         out = [qf1_loss.detach(), qf2_loss.detach()]
         if self.updates % hp.policy_delay == 0:
-            action, log_prob = agent.actor.sample(b["obs"])
-            q = torch.min(agent.q1(b["obs"], action), agent.q2(b["obs"], action))
+            obs = b["obs"].detach()  # the actor does not train a memory core
+            action, log_prob = agent.actor.sample(obs)
+            q = torch.min(agent.q1(obs, action), agent.q2(obs, action))
             actor_loss = (alpha * log_prob - q).mean()
             self.actor_opt.zero_grad()
-            actor_loss.backward()  # also fills critic grads, zeroed before the next critic step
+            # Gradients for the actor only: the critics pass gradients through to the action but
+            # skip their own weight gradients (a tenth of the update's arithmetic).
+            actor_loss.backward(inputs=self.actor_opt.params)
             self.actor_opt.step()
             out.append(actor_loss.detach())
             if hp.autotune:
@@ -256,7 +258,7 @@ class SACTrainer(OffPolicyTrainer):
         return alpha_loss
 
 
-@AGENTS.register("sac", config=SACConfig, summary="SAC (twin critics, auto temperature), continuous actions, MLP.")
+@AGENTS.register("sac", config=SACConfig, summary="SAC (twin critics, auto temperature), continuous actions.")
 def make_sac(cfg: Config, run: Any) -> SACTrainer:
     """Build the SAC trainer."""
     return SACTrainer(cfg, run)

@@ -1,6 +1,7 @@
 """TD3 (Fujimoto et al. 2018): twin critics, target policy smoothing, delayed actor updates.
 
-Continuous (Box) actions; memoryless MLP networks (``agent.memory.name: mlp``).
+Continuous (Box) actions; MLP networks (``agent.memory.name: mlp``) or a memory core with
+sequence replay (see ``lifelong.agents.offpolicy``).
 
 * Actor: ``obs -> MLP -> tanh`` gives a deterministic action in ``[-1, 1]``, rescaled to the
   env's bounds as ``bias + scale * a``. Exploration adds ``N(0, exploration_noise)`` in that
@@ -23,20 +24,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from lifelong.agents.base import Agent, obs_dim
 from lifelong.agents.offpolicy import (
+    OffPolicyAgent,
     OffPolicyConfig,
     OffPolicyTrainer,
     QNetwork,
     box_bounds,
     flat_view,
     frozen_copy,
+    masked_loss,
     polyak_update,
 )
-from lifelong.config import Config, ConfigError, setting
-from lifelong.memory.base import State
+from lifelong.config import Config, setting
 from lifelong.memory.mlp import mlp
 from lifelong.optim import FlatAdam
 from lifelong.registry import AGENTS
@@ -56,12 +56,8 @@ class TD3Config(OffPolicyConfig):
                                          low=0.0)
     target_noise_clip: float = setting(0.5, "Clip of the target policy smoothing noise.", low=0.0)
     memory: Any = setting({"name": "mlp", "hidden": [256, 256], "activation": "relu"},
-                          "Hidden layers of actor and critics; only the memoryless mlp core.", registry="memory")
-
-    def check(self, cfg: Config) -> None:
-        """Only the memoryless ``mlp`` core."""
-        if self.memory.name != "mlp":
-            raise ConfigError(f"agent.memory.name: {self.memory.name!r} is not supported by td3 (allowed: mlp)")
+                          "Core: mlp sizes the actor and critics; a memory module (gru, s5, ...) reads the "
+                          "observations for all of them (sequence replay).", registry="memory")
 
 
 def td3_target(reward: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -81,21 +77,22 @@ class DeterministicActor(nn.Module):
         return torch.tanh(self.net(obs))
 
 
-class TD3Agent(Agent):
-    """Actor, twin critics and the targets of all three."""
+class TD3Agent(OffPolicyAgent):
+    """Actor, twin critics and the targets of all three (on a memory core's features if configured)."""
 
     def __init__(self, observation_space: Any, action_space: Any, cfg: TD3Config) -> None:
         super().__init__()
         low, high = box_bounds(action_space, "td3")
-        self.obs_dim = obs_dim(observation_space)
+        in_dim = self._init_core(observation_space, cfg)
         self.act_dim = int(low.numel())
         self.act_shape = tuple(action_space.shape)
         self.exploration_noise = float(cfg.exploration_noise)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
-        self.actor = DeterministicActor(self.obs_dim, self.act_dim, cfg.memory)
-        self.q1 = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
-        self.q2 = QNetwork(self.obs_dim, self.act_dim, cfg.memory)
+        widths = cfg.network_widths()
+        self.actor = DeterministicActor(in_dim, self.act_dim, widths)
+        self.q1 = QNetwork(in_dim, self.act_dim, widths)
+        self.q2 = QNetwork(in_dim, self.act_dim, widths)
         self.actor_target = frozen_copy(self.actor)
         self.q1_target = frozen_copy(self.q1)
         self.q2_target = frozen_copy(self.q2)
@@ -110,13 +107,20 @@ class TD3Agent(Agent):
         noise = torch.randn_like(unit_action) * self.exploration_noise
         return (unit_action + noise).clamp_(-1.0, 1.0)
 
-    def initial_state(self, batch_size: int, device: torch.device | str) -> State:
-        """No state."""
-        return ()
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """Online core (if any) and critic parameters, in the order matching ``critic_target_parameters``."""
+        core = [*self.core.parameters()] if self.core is not None else []
+        return [*core, *self.q1.parameters(), *self.q2.parameters()]
+
+    def critic_target_parameters(self) -> list[nn.Parameter]:
+        """Target core (if any) and target critic parameters."""
+        core = [*self.core_target.parameters()] if self.core_target is not None else []
+        return [*core, *self.q1_target.parameters(), *self.q2_target.parameters()]
 
     def act(self, obs, state, is_first, deterministic: bool = False):
         """The actor's action (plus exploration noise unless ``deterministic``) in the env's bounds."""
-        unit = self.actor(obs.reshape(obs.shape[0], self.obs_dim))
+        x, state = self.encode(obs, state, is_first)
+        unit = self.actor(x)
         if not deterministic:
             unit = self.noisy(unit)
         return self.to_env(unit), state, {"unit_action": unit}
@@ -133,13 +137,13 @@ class TD3Trainer(OffPolicyTrainer):
         self.agent = TD3Agent(self.env.observation_space, self.env.action_space, hp).to(self.device)
         agent = self.agent
         self.actor_opt = FlatAdam(agent.actor.parameters(), lr=hp.lr, eps=hp.adam_eps, max_grad_norm=hp.max_grad_norm)
-        self.critic_opt = FlatAdam([*agent.q1.parameters(), *agent.q2.parameters()], lr=hp.lr, eps=hp.adam_eps,
+        self.critic_opt = FlatAdam(agent.critic_parameters(), lr=hp.lr, eps=hp.adam_eps,
                                    max_grad_norm=hp.max_grad_norm)
         # Targets as flat buffers laid out like the optimizers' flat parameter buffers: one Polyak
         # step is two lerps.
         self.target_flats = [flat_view([*agent.actor_target.parameters()]),
-                             flat_view([*agent.q1_target.parameters(), *agent.q2_target.parameters()])]
-        self._setup_replay(agent.obs_dim, (agent.act_dim,), torch.float32)
+                             flat_view(agent.critic_target_parameters())]
+        self._setup_replay((agent.act_dim,), torch.float32)
 
     def learner_state(self) -> dict[str, Any]:
         """Networks, targets and optimizers."""
@@ -154,26 +158,27 @@ class TD3Trainer(OffPolicyTrainer):
             opt.load_state_dict(state[name])
             opt.lr = self.hp.lr
 
-    def explore(self, obs: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def explore(self, feat: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform actions before learning starts, then the actor plus Gaussian noise."""
         if random:
-            unit = torch.rand(obs.shape[0], self.agent.act_dim, device=obs.device) * 2 - 1
+            unit = torch.rand(feat.shape[0], self.agent.act_dim, device=feat.device) * 2 - 1
         else:
-            unit = self.agent.noisy(self.agent.actor(obs))
+            unit = self.agent.noisy(self.agent.actor(feat))
         return self.agent.to_env(unit), unit
 
     def update(self) -> dict[str, float]:
         """One critic update; every ``policy_delay``: an actor update and the Polyak step of all targets."""
         hp, agent = self.hp, self.agent
-        b = self.replay.sample(hp.batch_size)
+        b = self.sample_batch()
         with torch.no_grad():
             smoothing = (torch.randn_like(b["action"]) * hp.target_policy_noise).clamp_(
                 -hp.target_noise_clip, hp.target_noise_clip)
-            next_action = (agent.actor_target(b["next_obs"]) + smoothing).clamp_(-1.0, 1.0)
-            next_q = torch.min(agent.q1_target(b["next_obs"], next_action), agent.q2_target(b["next_obs"], next_action))
+            next_t = b["next_obs_target"]
+            next_action = (agent.actor_target(next_t) + smoothing).clamp_(-1.0, 1.0)
+            next_q = torch.min(agent.q1_target(next_t, next_action), agent.q2_target(next_t, next_action))
             target = td3_target(b["reward"], b["terminated"], next_q, hp.gamma)
-        qf1_loss = F.mse_loss(agent.q1(b["obs"], b["action"]), target)
-        qf2_loss = F.mse_loss(agent.q2(b["obs"], b["action"]), target)
+        qf1_loss = masked_loss(agent.q1(b["obs"], b["action"]), target, b["mask"])
+        qf2_loss = masked_loss(agent.q2(b["obs"], b["action"]), target, b["mask"])
         self.critic_opt.zero_grad()
         (qf1_loss + qf2_loss).backward()
         self.critic_opt.step()
@@ -181,9 +186,12 @@ class TD3Trainer(OffPolicyTrainer):
 
         out = [qf1_loss.detach(), qf2_loss.detach()]
         if self.updates % hp.policy_delay == 0:
-            actor_loss = -agent.q1(b["obs"], agent.actor(b["obs"])).mean()
+            obs = b["obs"].detach()  # the actor does not train a memory core
+            actor_loss = -agent.q1(obs, agent.actor(obs)).mean()
             self.actor_opt.zero_grad()
-            actor_loss.backward()  # also fills critic grads, zeroed before the next critic step
+            # Gradients for the actor only: the critics pass gradients through to the action but
+            # skip their own weight gradients (a tenth of the update's arithmetic).
+            actor_loss.backward(inputs=self.actor_opt.params)
             self.actor_opt.step()
             out.append(actor_loss.detach())
             polyak_update(self.target_flats, [self.actor_opt.flat, self.critic_opt.flat], hp.tau)
@@ -191,7 +199,7 @@ class TD3Trainer(OffPolicyTrainer):
         return dict(zip(["losses/qf1", "losses/qf2", "losses/actor"], values))
 
 
-@AGENTS.register("td3", config=TD3Config, summary="TD3 (twin critics, smoothing, delayed actor), continuous, MLP.")
+@AGENTS.register("td3", config=TD3Config, summary="TD3 (twin critics, smoothing, delayed actor), continuous actions.")
 def make_td3(cfg: Config, run: Any) -> TD3Trainer:
     """Build the TD3 trainer."""
     return TD3Trainer(cfg, run)
