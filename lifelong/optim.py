@@ -18,6 +18,9 @@ import torch
 from torch import nn
 
 
+_FUSED = hasattr(torch, "_fused_adam_")
+
+
 class FlatAdam:
     """Adam (Kingma & Ba) on a flattened copy of ``params``; build it after moving the model to its device.
 
@@ -64,6 +67,7 @@ class FlatAdam:
         self.eps = float(eps)
         self.max_grad_norm = max_grad_norm
         self.steps = 0
+        self._step_tensor = torch.zeros((), dtype=self.flat.dtype, device=self.flat.device)
 
     def zero_grad(self) -> None:
         """Zero every gradient (one op on the flat gradient buffer)."""
@@ -78,6 +82,13 @@ class FlatAdam:
             self.grad.mul_((self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
         self.steps += 1
         beta1, beta2 = self.betas
+        if _FUSED:
+            # torch's fused Adam kernel: one pass over the buffers, same arithmetic as below.
+            self._step_tensor.fill_(self.steps)
+            torch._fused_adam_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step_tensor],
+                               lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=self.eps,
+                               amsgrad=False, maximize=False)
+            return norm
         self.exp_avg.lerp_(self.grad, 1 - beta1)
         self.exp_avg_sq.mul_(beta2).addcmul_(self.grad, self.grad, value=1 - beta2)
         step_size = self.lr / (1 - beta1**self.steps)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from lifelong import optim
 from lifelong.optim import FlatAdam
 
 
@@ -15,8 +16,10 @@ def make_pair():
     return a, b
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("max_norm", [None, 0.05, 100.0])
-def test_matches_torch_adam_with_clipping(max_norm):
+def test_matches_torch_adam_with_clipping(max_norm, fused, monkeypatch):
+    monkeypatch.setattr(optim, "_FUSED", fused and optim._FUSED)  # torch's fused kernel and the plain ops
     ref, flat = make_pair()
     torch_opt = torch.optim.Adam(ref.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-5)
     flat_opt = FlatAdam(flat.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-5, max_grad_norm=max_norm)
