@@ -86,6 +86,7 @@ _BUILTIN_MODULES = (
     "lifelong.envs.native",
     "lifelong.memory",
     "lifelong.agents",
+    "lifelong.curricula",
 )
 _loaded = False
 
