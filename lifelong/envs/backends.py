@@ -29,6 +29,7 @@ from gymnasium import spaces
 
 from lifelong.config import ConfigError, EnvConfig
 from lifelong.envs.base import Step, VecEnv
+from lifelong.envs.params import ParamSlots, ParamSpace
 from lifelong.registry import ENV_BACKENDS
 
 # --------------------------------------------------------------------------- spaces
@@ -299,6 +300,46 @@ def gym_env_factory(
     return lambda: gym.make(name, **make_kwargs)
 
 
+PARAMS_ATTR = "lifelong_pending_params"
+
+
+class ParamsOnReset(gym.Wrapper):
+    """Gives every ``reset`` of the env ``options["params"]``: the pending params the vector env last set here.
+
+    Vector envs reset their sub-envs themselves (autoreset) and pass one ``options`` dict
+    to all of them; this wrapper makes each sub-env use its own params, whatever the
+    autoreset mode. The backend writes the attribute ``lifelong_pending_params`` with
+    ``set_attr``.
+    """
+
+    def __init__(self, env: gym.Env, params: np.ndarray) -> None:
+        super().__init__(env)
+        setattr(self, PARAMS_ATTR, params)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Reset the env with ``options["params"]`` set to the pending params (explicit ones win)."""
+        options = dict(options or {})
+        options.setdefault("params", np.array(getattr(self, PARAMS_ATTR), dtype=np.float32))
+        return self.env.reset(seed=seed, options=options)
+
+
+def declared_param_space(env: gym.Env, label: str) -> tuple[ParamSpace | None, Any]:
+    """(param space, default params or None) that ``env.unwrapped`` declares; ConfigError if malformed."""
+    inner = env.unwrapped
+    space = getattr(inner, "param_space", None)
+    if space is None:
+        return None, None
+    if not isinstance(space, ParamSpace):
+        try:
+            space = ParamSpace.from_dict(dict(space))
+        except (TypeError, KeyError, ValueError) as e:
+            raise ConfigError(
+                f"env.id: {label} has param_space {space!r}, expected a lifelong ParamSpace or a dict with "
+                f"names, low and high ({type(e).__name__}: {e})"
+            ) from e
+    return space, getattr(inner, "default_params", None)
+
+
 _AUTORESET = {
     "same_step": gym.vector.AutoresetMode.SAME_STEP,
     "next_step": gym.vector.AutoresetMode.NEXT_STEP,
@@ -312,6 +353,16 @@ class GymnasiumVecEnv(VecEnv):
     SAME_STEP reads ``info["final_obs"]``; NEXT_STEP and DISABLED reset the ended envs
     right away through ``reset(options={"reset_mask": done})``, which in Gymnasium 1.x
     also clears NEXT_STEP's pending autoreset, so its extra reset step never happens.
+
+    **Parameterized envs.** An env whose ``unwrapped`` has an attribute ``param_space``
+    (a ``lifelong.envs.params.ParamSpace``, or a dict ``{"names": [...], "low": [...],
+    "high": [...]}``) takes per-episode params: every reset of it, the vector env's
+    autoresets included, gets ``options={"params": np.ndarray float32 [P]}`` (through
+    ``ParamsOnReset``, which holds each sub-env's pending params), and the env builds
+    its episode from them. An optional attribute ``default_params`` (``[P]``) gives the
+    params used until ``set_params`` is called (else the middle of the box). That is
+    all a user's env needs; see ``lifelong.envs.stump_tracks`` for an example and
+    ``VecEnv`` for the pending/current contract.
     """
 
     def __init__(self, cfg: EnvConfig, *, num_envs: int, seed: int, device: torch.device) -> None:
@@ -322,14 +373,31 @@ class GymnasiumVecEnv(VecEnv):
             raise ConfigError(f"env.kwargs: constructing {cfg.id!r} with {cfg.kwargs!r} failed ({e})") from e
         try:
             _check_spaces(probe.observation_space, probe.action_space, f"Gymnasium env {cfg.id!r}")
+            self.param_space, default = declared_param_space(probe, f"Gymnasium env {cfg.id!r}")
         finally:
             probe.close()
+        self.device = torch.device(device)
+        self._params: ParamSlots | None = None
+        make_one: Callable[[], gym.Env] = env_fn
+        if self.param_space is not None:
+            if default is not None:
+                default = torch.as_tensor(np.asarray(default, dtype=np.float32))
+            try:
+                self._params = ParamSlots(self.param_space, num_envs, default, self.device)
+            except ValueError as e:
+                raise ConfigError(f"env.id: Gymnasium env {cfg.id!r} has bad default_params ({e})") from e
+            first = self._params.default.cpu().numpy()
+
+            def make_with_params() -> gym.Env:
+                return ParamsOnReset(env_fn(), first)
+
+            make_one = make_with_params
+
         self._mode = _AUTORESET[cfg.autoreset_mode]
         vec_cls = gym.vector.AsyncVectorEnv if cfg.vectorization == "async" else gym.vector.SyncVectorEnv
         # copy=False: the converters below copy into fresh tensors anyway
-        self._vec = vec_cls([env_fn] * num_envs, copy=False, autoreset_mode=self._mode)
+        self._vec = vec_cls([make_one] * num_envs, copy=False, autoreset_mode=self._mode)
         self.num_envs = num_envs
-        self.device = torch.device(device)
         raw_obs_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
         self.observation_space = exposed_observation_space(raw_obs_space)
@@ -344,7 +412,21 @@ class GymnasiumVecEnv(VecEnv):
             seed = self._seed
         self._fresh = False
         obs, _ = self._vec.reset(seed=seed)
+        if self._params is not None:
+            self._params.begin()
         return self._obs(obs)
+
+    def set_params(self, params: torch.Tensor | None, rows: torch.Tensor | None = None) -> None:
+        """Pending params for every env or for ``rows`` (see ``VecEnv.set_params``), sent to the sub-envs."""
+        if self._params is None:
+            return super().set_params(params, rows)
+        self._params.set(params, rows)
+        self._vec.set_attr(PARAMS_ATTR, list(self._params.pending.cpu().numpy()))
+
+    @property
+    def current_params(self) -> torch.Tensor | None:
+        """Params ``[B, P]`` of the running episodes (None for envs without parameters)."""
+        return None if self._params is None else self._params.current
 
     def step(self, action: torch.Tensor) -> Step:
         """Step all envs; ended envs already show their next episode's first obs."""
@@ -367,7 +449,10 @@ class GymnasiumVecEnv(VecEnv):
         term_t, trunc_t, done_t = torch.from_numpy(terminated), torch.from_numpy(truncated), torch.from_numpy(done)
         if dev.type != "cpu":
             reward_t, term_t, trunc_t, done_t = (t.to(dev) for t in (reward_t, term_t, trunc_t, done_t))
-        return Step(obs_t, reward_t, term_t, trunc_t, done_t, final_t, {})
+        step_info = {}
+        if self._params is not None:
+            step_info["params"] = self._params.begin(done_t) if done.any() else self._params.current
+        return Step(obs_t, reward_t, term_t, trunc_t, done_t, final_t, step_info)
 
     def close(self) -> None:
         """Close the vector env (and its worker processes)."""

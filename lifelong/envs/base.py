@@ -9,6 +9,8 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from lifelong.envs.params import ParamSpace
+
 
 @dataclass
 class Step:
@@ -41,12 +43,34 @@ class VecEnv(ABC):
     Backends implement ``reset`` and ``step``; wrappers forward to an inner env.
     Observations are float32 tensors ``[B, *obs_shape]``; actions are int64 ``[B]``
     for discrete spaces and float32 ``[B, *act_shape]`` for boxes.
+
+    **Parameterized envs** (``param_space`` is not None; see ``lifelong.envs.params``)
+    run every episode with a parameter vector ``[P]``. Each env (row) holds a *pending*
+    vector, the params its next episode will use, and a *current* one, those of the
+    episode it is running. An episode start, at ``reset()`` or at a same-step autoreset
+    inside ``step``, copies the row's pending params into its current ones. Pending
+    params stay until replaced (an env never given new ones repeats them) and start as
+    the env's defaults. ``set_params`` writes pending params at any time; they never
+    change an episode already running.
+
+    Each ``step`` of a parameterized backend reports ``info["params"]`` ``[B, P]``: for
+    rows where an episode ended, the params of that ended episode; elsewhere those of
+    the running episode. ``EpisodeStats`` passes it on as ``info["episode"]["params"]``
+    next to the episode's return and length.
+
+    A teacher therefore samples one episode ahead, with no off-by-one: ``set_params``
+    for all rows, ``reset()``, then ``set_params`` again (the second episode of each
+    row); after every step, for the rows that ended: ``teacher.update(episode["params"]
+    [done], episode["return"][done])`` (the params really used), then
+    ``set_params(teacher.sample(n), rows=done)``, the params of the episode *after* the
+    one that just started (which uses the vector sampled one episode earlier).
     """
 
     num_envs: int
     observation_space: gym.Space  # space of a single env
     action_space: gym.Space  # space of a single env
     device: torch.device
+    param_space: ParamSpace | None = None  # per-episode parameters; None for envs without
 
     @abstractmethod
     def reset(self, seed: int | None = None) -> torch.Tensor:
@@ -58,6 +82,21 @@ class VecEnv(ABC):
 
     def close(self) -> None:
         """Release backend resources (threads, subprocesses)."""
+
+    def set_params(self, params: torch.Tensor | None, rows: torch.Tensor | None = None) -> None:
+        """Set pending params: ``params [B, P]`` for every env, or ``params [n, P]`` for ``rows``.
+
+        ``rows`` is a bool mask ``[B]`` or int indices ``[n]``; ``params=None`` restores the
+        defaults. Each selected env's *next* episode start (reset or autoreset) uses them.
+        Raises ValueError (one line) for a wrong shape or a value outside ``param_space``,
+        and for envs without parameters.
+        """
+        raise ValueError(f"set_params: {type(self.unwrapped).__name__} takes no parameters (param_space is None)")
+
+    @property
+    def current_params(self) -> torch.Tensor | None:
+        """Params ``[B, P]`` of the episodes now running (None for envs without parameters)."""
+        return None
 
     def set_training(self, training: bool) -> None:
         """Let running statistics (normalisers) update (True) or freeze them (False)."""

@@ -23,6 +23,7 @@ class VecEnvWrapper(VecEnv):
         self.observation_space = env.observation_space
         self.action_space = env.action_space
         self.device = env.device
+        self.param_space = env.param_space
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Reset the inner env."""
@@ -39,6 +40,15 @@ class VecEnvWrapper(VecEnv):
     def set_training(self, training: bool) -> None:
         """Forward the training flag down the chain."""
         self.env.set_training(training)
+
+    def set_params(self, params: torch.Tensor | None, rows: torch.Tensor | None = None) -> None:
+        """Set the inner env's pending params (see ``VecEnv.set_params``)."""
+        self.env.set_params(params, rows)
+
+    @property
+    def current_params(self) -> torch.Tensor | None:
+        """The inner env's current params."""
+        return self.env.current_params
 
     def state_dict(self) -> dict[str, Any]:
         """The inner env's state."""
@@ -60,7 +70,9 @@ class EpisodeStats(VecEnvWrapper):
     It must sit directly on the backend (before any reward scaling). Each step puts
     ``info["episode"] = {"done": bool [B], "return": float [B], "length": int64 [B]}``;
     return and length are those of the episodes that ended at this step (valid where
-    ``done``) and, elsewhere, of the episode so far.
+    ``done``) and, elsewhere, of the episode so far. For a parameterized env the dict
+    also holds ``"params"`` ``[B, P]``: the params those episodes ran with (the
+    backend's ``info["params"]``).
     """
 
     def __init__(self, env: VecEnv) -> None:
@@ -81,6 +93,8 @@ class EpisodeStats(VecEnvWrapper):
         ret = self._return + step.reward
         length = self._length + 1
         step.info["episode"] = {"done": done, "return": ret, "length": length}
+        if "params" in step.info:
+            step.info["episode"]["params"] = step.info["params"]
         # new tensors, so the ones just reported stay intact
         self._return = ret.masked_fill(done, 0.0)
         self._length = length.masked_fill(done, 0)

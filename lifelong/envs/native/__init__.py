@@ -5,6 +5,8 @@ and the bare family ids (``RepeatPrevious``, ...) take them from ``env.kwargs``
 (``env.kwargs`` also overrides a preset's values). Every task accepts ``prev_action``
 (append the previous action to the observation) and ``env.max_episode_steps``
 (truncate episodes earlier or later than the task does; reward scales stay the task's).
+Parameterized tasks (``ParamCartPole``, ``ParamRepeatPrevious``, ``GatedCorridor``) also
+accept ``params``: every env's parameter vector until ``set_params`` replaces it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from lifelong.envs.native.control import (
     PositionOnlyPendulum,
     VelocityOnlyCartPole,
 )
+from lifelong.envs.native.cue_recall import CueRecall
 from lifelong.envs.native.games import Battleship, Concentration, HigherLower, MineSweeper, MultiarmedBandit
 from lifelong.envs.native.memory_tasks import Autoencode, CountRecall, RepeatFirst, RepeatPrevious
+from lifelong.envs.native.parameterized import GatedCorridor, ParamCartPole, ParamRepeatPrevious
 from lifelong.registry import ENV_BACKENDS
 
 __all__ = [
@@ -55,6 +59,10 @@ __all__ = [
     "MineSweeper",
     "Battleship",
     "Concentration",
+    "CueRecall",
+    "ParamCartPole",
+    "ParamRepeatPrevious",
+    "GatedCorridor",
 ]
 
 
@@ -95,6 +103,11 @@ TASKS: dict[str, tuple[type[NativeVecEnv], dict[str, Any]]] = {
               {"num_decks": 2, "deck_type": "colors"}, {"num_decks": 1, "deck_type": "ranks"}),
     "CartPole": (CartPole, {}),
     "Pendulum": (Pendulum, {}),
+    **_levels("CueRecall", CueRecall, {"symbols": 4, "gap": 32}, {"symbols": 8, "gap": 128},
+              {"symbols": 16, "gap": 512}),
+    "ParamCartPole": (ParamCartPole, {}),
+    "ParamRepeatPrevious": (ParamRepeatPrevious, {}),
+    "GatedCorridor": (GatedCorridor, {}),
 }
 
 _COMMON = ("prev_action",)
@@ -110,7 +123,8 @@ def task_keywords(cls: type[NativeVecEnv]) -> list[str]:
         for p in inspect.signature(klass.__init__).parameters.values():
             if p.kind is p.KEYWORD_ONLY and p.name not in names:
                 names.append(p.name)
-    return names + [n for n in _COMMON if n not in names]
+    common = _COMMON + (("params",) if cls.param_space is not None else ())
+    return names + [n for n in common if n not in names]
 
 
 def make_task(task_id: str, num_envs: int, *, seed: int = 0, device: str | torch.device = "cpu",
@@ -150,7 +164,8 @@ def build_task(task_id: str, num_envs: int, kwargs: dict[str, Any], *, seed: int
 
 @ENV_BACKENDS.register(
     "native",
-    summary="Torch-batched envs on run.device: POPGym memory tasks and games, CartPole, Pendulum.",
+    summary="Torch-batched envs on run.device: POPGym memory tasks and games, CartPole, Pendulum, CueRecall, "
+    "parameterized tasks for curricula.",
 )
 def make_native(cfg: EnvConfig, *, num_envs: int, seed: int, device: torch.device) -> VecEnv:
     """Build the native task named by ``cfg.id`` with ``cfg.kwargs``."""

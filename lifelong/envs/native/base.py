@@ -6,6 +6,12 @@ A task implements two pure functions over a state dict of ``[B, ...]`` tensors:
 The base class owns everything else: the seeded generator, the per-env step counter
 ``state["t"]``, truncation, same-step autoreset, ``final_obs``, ``is_first`` and the
 optional previous-action input.
+
+A parameterized task sets the class attribute ``param_space`` (a ``ParamSpace``) and
+implements ``initial_state(n, params)`` instead, with ``params [n, P]`` (float32, on the
+device) the pending params of the envs that start an episode (see ``VecEnv``); the base
+keeps them in the state under ``"params"`` for the whole episode, so ``transition`` can
+read ``state["params"]``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 from gymnasium import spaces
 
 from lifelong.envs.base import Step, VecEnv
+from lifelong.envs.params import ParamSlots, ParamSpace
 
 State = dict[str, torch.Tensor]
 
@@ -70,11 +77,15 @@ class NativeVecEnv(VecEnv):
     ``time_limit`` truncates episodes after that many steps (``None``: the task's own
     limit). ``prev_action=True`` appends the previous action (one-hot for discrete
     actions, zeros on an episode's first observation) to every observation, as POPGym's
-    ``PreviousAction`` wrapper does.
+    ``PreviousAction`` wrapper does. ``params`` (parameterized tasks only) replaces the
+    task's ``default_params`` (``None``: the middle of ``param_space``) as every env's
+    params until ``set_params`` says otherwise.
     """
 
     default_time_limit: int | None = None
     default_prev_action: bool = False
+    param_space: ParamSpace | None = None
+    default_params: tuple[float, ...] | None = None
 
     def __init__(
         self,
@@ -86,6 +97,7 @@ class NativeVecEnv(VecEnv):
         device: str | torch.device = "cpu",
         time_limit: int | None = None,
         prev_action: bool | None = None,
+        params: list[float] | torch.Tensor | None = None,
     ) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -112,12 +124,22 @@ class NativeVecEnv(VecEnv):
         if isinstance(action_space, spaces.Box):
             self._act_low = torch.as_tensor(action_space.low, dtype=torch.float32, device=self.device)
             self._act_high = torch.as_tensor(action_space.high, dtype=torch.float32, device=self.device)
+        self._params: ParamSlots | None = None
+        if self.param_space is not None:
+            default = self.default_params if params is None else params
+            default = None if default is None else torch.as_tensor(default, dtype=torch.float32)
+            self._params = ParamSlots(self.param_space, self.num_envs, default, self.device)
+        elif params is not None:
+            raise ValueError(f"params: {type(self).__name__} takes no parameters")
 
     # ------------------------------------------------------------------ task hooks
 
     @abstractmethod
     def initial_state(self, n: int) -> State:
-        """A fresh state for ``n`` envs (tensors ``[n, ...]``) with the first observation under ``"obs"``."""
+        """A fresh state for ``n`` envs (tensors ``[n, ...]``) with the first observation under ``"obs"``.
+
+        Parameterized tasks take ``initial_state(n, params)`` with ``params [n, P]``.
+        """
 
     @abstractmethod
     def transition(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
@@ -173,6 +195,19 @@ class NativeVecEnv(VecEnv):
             return torch.cat([state["obs"], self._encode_action(None, self.num_envs)], -1)
         return state["obs"]
 
+    def set_params(self, params: torch.Tensor | None, rows: torch.Tensor | None = None) -> None:
+        """Pending params for every env or for ``rows`` (see ``VecEnv.set_params``)."""
+        if self._params is None:
+            return super().set_params(params, rows)
+        self._params.set(params, rows)
+
+    @property
+    def current_params(self) -> torch.Tensor | None:
+        """Params ``[B, P]`` of the running episodes (the pending ones before the first reset)."""
+        if self._params is None:
+            return None
+        return self._params.pending if self._state is None else self._state["params"]
+
     def step(self, action: torch.Tensor) -> Step:
         """Advance every env by one action; ended envs already show their next episode's first obs."""
         if self._state is None:
@@ -181,6 +216,9 @@ class NativeVecEnv(VecEnv):
         new, reward, terminated = self.transition(self._state, action)
         t = self._state["t"] + 1
         new["t"] = t
+        info = {}
+        if self._params is not None:
+            new["params"] = info["params"] = self._state["params"]
         terminated = terminated.to(torch.bool)
         if self.time_limit is not None:
             truncated = (t >= self.time_limit) & ~terminated
@@ -194,7 +232,7 @@ class NativeVecEnv(VecEnv):
         else:
             rows = done.nonzero().squeeze(1)
             if rows.numel():
-                fresh = self._initial(rows.numel())
+                fresh = self._initial(rows.numel(), rows)
                 # out of place: the pre-reset tensors (final_obs among them) stay intact
                 new = {k: v.index_put((rows,), fresh[k]) for k, v in new.items()}
         self._state = new
@@ -203,12 +241,18 @@ class NativeVecEnv(VecEnv):
             encoded = self._encode_action(action, self.num_envs)
             final_obs = torch.cat([final_obs, encoded], -1)
             obs = torch.cat([obs, encoded.masked_fill(done.unsqueeze(-1), 0.0)], -1)
-        return Step(obs, reward.to(torch.float32), terminated, truncated, done, final_obs, {})
+        return Step(obs, reward.to(torch.float32), terminated, truncated, done, final_obs, info)
 
     # ------------------------------------------------------------------- helpers
 
-    def _initial(self, n: int) -> State:
-        state = self.initial_state(n)
+    def _initial(self, n: int, rows: torch.Tensor | None = None) -> State:
+        """Fresh states for ``n`` envs: every env (``rows=None``, ``n == num_envs``) or the envs ``rows``."""
+        if self._params is None:
+            state = self.initial_state(n)
+        else:
+            params = self._params.pending if rows is None else self._params.pending[rows]
+            state = self.initial_state(n, params)
+            state["params"] = params
         state["t"] = torch.zeros(n, dtype=torch.int64, device=self.device)
         return state
 
