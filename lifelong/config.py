@@ -178,6 +178,27 @@ class HyperparamPrior:
 
 
 @dataclass
+class CurriculumConfig:
+    """A curriculum teacher choosing the params of every episode of a parameterized env."""
+
+    teacher: Any = setting({"name": "alp_gmm"}, "Teacher; keys depend on curriculum.teacher.name.",
+                           registry="teachers")
+    test_set: Any = setting("env", "Test tasks for curriculum/mastered: 'env' (the env's own test_set()), "
+                            "a list of param rows, or null (none).")
+    mastered_return: float | None = setting(None, "Return at or above which a test task counts as mastered "
+                                            "(null: the env's mastered_return).")
+    density_every: int = setting(10_000, "Env steps between teacher metrics and density images in TensorBoard "
+                                 "(0: never).", low=0)
+    seed: int | None = setting(None, "Seed of the teacher's generator (null: run.seed).", low=0)
+
+    def validate(self, prefix: str) -> None:
+        """test_set is 'env', null or a list of rows."""
+        if not (self.test_set is None or self.test_set == "env" or isinstance(self.test_set, list)):
+            raise ConfigError(f"{prefix}test_set: {self.test_set!r} is not allowed "
+                              "(allowed: 'env', null, or a list of param rows)")
+
+
+@dataclass
 class Config:
     """A whole experiment: one section per part."""
 
@@ -185,6 +206,7 @@ class Config:
     env: EnvConfig = setting(EnvConfig(), "Environment settings.")
     agent: Any = setting({"name": "ppo"}, "Agent settings; keys depend on agent.name.", registry="agents")
     pbt: PBTConfig | None = setting(None, "Population Based Training (`lifelong pbt`); null for a single run.")
+    curriculum: CurriculumConfig | None = setting(None, "Curriculum teacher over a parameterized env; null for none.")
 
 
 # ------------------------------------------------------------------- building
@@ -443,6 +465,10 @@ def _cross_check(cfg: "Config") -> "Config":
     check = getattr(cfg.agent, "check", None)
     if callable(check):
         check(cfg)
+    if cfg.curriculum is not None and cfg.curriculum.teacher.name == "plr" and cfg.agent.name != "ppo":
+        raise ConfigError(f"curriculum.teacher.name: 'plr' scores episodes by their GAE advantages, which "
+                          f"agent.name={cfg.agent.name!r} does not compute (allowed with it: random, alp_gmm, "
+                          "covar_gmm, riac)")
     if cfg.pbt is not None:
         raw = to_dict(cfg)
         for key, spec in cfg.pbt.hyperparams.items():

@@ -148,6 +148,7 @@ class Run:
     step: int = 0
     wall_time: float = 0.0
     evals: list[EvalRecord] = field(default_factory=list)
+    curriculum_tests: list[dict[str, Any]] = field(default_factory=list)  # test-set results of a curriculum run
     logger: Logger | None = None
     checkpoints: CheckpointDir | None = None
     resumed_from: Path | None = None
@@ -215,6 +216,7 @@ class Run:
         run.wall_time = float(payload.get("wall_time", 0.0))
         run.eval_time = float(payload.get("eval_time", 0.0))
         run.evals = [EvalRecord(**e) for e in payload.get("evals", [])]
+        run.curriculum_tests = list(payload.get("curriculum_tests", []))
         # Fresh episodes after a resume must not replay the ones at the start of the run.
         run.env_seed = cfg.run.seed + 7919 * (int(payload.get("resumes", 0)) + 1)
         run.resumes = int(payload.get("resumes", 0)) + 1
@@ -286,10 +288,29 @@ class Run:
         self.evals.append(record)
         self.logger.scalars({"eval/return": record.mean, "eval/return_std": record.std}, self.step)
         self.logger.progress(self.step, eval=record.mean)
+        if self.cfg.curriculum is not None:
+            self._test_curriculum(trainer)
         if run.stop_return is not None and record.mean >= run.stop_return:
             self.logger.write(f"step {self.step}: eval return {record.mean:.1f} >= run.stop_return; stopping")
             self._stop = True
         return record
+
+    def _test_curriculum(self, trainer: "Trainer") -> None:
+        """One episode per task of the curriculum's test set: ``curriculum/test_return`` and ``curriculum/mastered``."""
+        from lifelong.curricula.env import evaluate_test_set
+
+        started = time.perf_counter()
+        test = evaluate_test_set(trainer.agent, self.cfg, self.device, env_state=trainer.env_state(),
+                                 deterministic=self.cfg.run.eval_deterministic)
+        self.eval_time += time.perf_counter() - started
+        if test is None:
+            return
+        entry = {"step": self.step, "mean": test["mean"], "mastered": test["mastered"], "returns": test["returns"]}
+        self.curriculum_tests.append(entry)
+        values = {"curriculum/test_return": test["mean"]}
+        if test["mastered"] is not None:
+            values["curriculum/mastered"] = 100.0 * test["mastered"]
+        self.logger.scalars(values, self.step)
 
     def payload(self, trainer: "Trainer") -> dict[str, Any]:
         """Everything a resume needs, as tensors and plain containers."""
@@ -300,6 +321,7 @@ class Run:
             "eval_time": self.eval_time,
             "resumes": self.resumes,
             "evals": [vars(e) for e in self.evals],
+            "curriculum_tests": self.curriculum_tests,
             "config": to_dict(self.cfg),
             "rng": rng_state(),
             "trainer": trainer.state_dict(),
@@ -350,6 +372,7 @@ class Run:
             "final_eval": vars(final) if final else None,
             "best_eval": vars(best) if best else None,
             "evals": [vars(e) for e in self.evals],
+            **({"curriculum_tests": self.curriculum_tests} if self.cfg.curriculum is not None else {}),
             "summary": self._summary,
         }
 

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from lifelong.agents.base import Agent, Trainer, obs_dim
 from lifelong.config import Config, ConfigError, setting
-from lifelong.envs import make_env
+from lifelong.curricula.env import make_training_env
 from lifelong.memory.mlp import mlp
 from lifelong.memory.base import Memory, State, detach_state
 from lifelong.registry import MEMORY
@@ -220,7 +220,7 @@ class OffPolicyTrainer(Trainer):
         self.hp = cfg.agent
         self.hp.check(cfg)
         self.device = run.device
-        self.env = make_env(cfg.env, seed=run.env_seed, device=self.device)
+        self.env = make_training_env(cfg, run)
         self.updates = 0
         self._update_credit = 0.0
         self._since_train = 0

@@ -26,7 +26,7 @@ from torch import nn
 
 from lifelong.agents.base import Agent, Trainer, action_spec, obs_dim
 from lifelong.config import Config, ConfigError, setting
-from lifelong.envs import make_env
+from lifelong.curricula.env import CurriculumEnv, make_training_env
 from lifelong.memory.base import Memory, State, detach_state
 from lifelong.memory.scan import reverse_linear_scan
 from lifelong.optim import FlatAdam
@@ -222,7 +222,7 @@ class PPOTrainer(Trainer):
         super().__init__(cfg, run)
         self.hp: PPOConfig = cfg.agent
         self.device = run.device
-        self.env = make_env(cfg.env, seed=run.env_seed, device=self.device)
+        self.env = make_training_env(cfg, run)
         self.agent = ActorCritic(self.env.observation_space, self.env.action_space, self.hp).to(self.device)
         self.optimizer = FlatAdam(self.agent.parameters(), lr=self.hp.lr, eps=self.hp.adam_eps,
                                   max_grad_norm=self.hp.max_grad_norm)
@@ -317,6 +317,8 @@ class PPOTrainer(Trainer):
                 last_value = agent.value(obs, state, is_first)
                 next_values = torch.cat([buf_val[1:], last_value.unsqueeze(0)])
                 advantages, returns = compute_gae(buf_rew, buf_val, next_values, buf_done, hp.gamma, hp.gae_lambda)
+                if isinstance(self.env, CurriculumEnv):  # PLR scores episodes by their mean |advantage|
+                    self.env.add_scores(advantages.abs(), buf_done)
                 t_inf += clock() - t0
             log.add_time("env", t_env)
             log.add_time("inference", t_inf)
