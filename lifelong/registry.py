@@ -86,6 +86,7 @@ _BUILTIN_MODULES = (
     "lifelong.envs.native",
     "lifelong.memory",
     "lifelong.agents",
+    "lifelong.world_models",
     "lifelong.curricula",
 )
 _loaded = False
