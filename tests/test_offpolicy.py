@@ -88,8 +88,10 @@ def test_memory_core_critics_learn_the_chain_values(tmp_path, algo):
     run.close()
 
 
-def test_sequence_batch_aligns_rows_features_and_truncation_mask(tmp_path):
-    agent_cfg = {**CHAIN_AGENTS["dqn"], "sequence_length": 4, "burn_in": 2, "batch_size": 4, "memory": GRU,
+@pytest.mark.parametrize("core", ["gru", "transformer"])
+def test_sequence_batch_aligns_rows_features_and_truncation_bootstrap(tmp_path, core):
+    memory = GRU if core == "gru" else {"name": "transformer", "d_model": 16, "heads": 2, "layers": 1, "window": 8}
+    agent_cfg = {**CHAIN_AGENTS["dqn"], "sequence_length": 6, "burn_in": 2, "batch_size": 6, "memory": memory,
                  "head_hidden": [8]}
     cfg = config_from_dict(chain_config(agent_cfg, total_steps=100, discrete=True))
     cfg.env.num_envs = 1
@@ -97,29 +99,42 @@ def test_sequence_batch_aligns_rows_features_and_truncation_mask(tmp_path):
     trainer = make_trainer(cfg, run)
     agent, replay = trainer.agent, trainer.replay
     torch.manual_seed(3)
-    # Exactly one window of 2 + 4 + 1 rows: the sample is the whole history, in order.
-    obs = torch.randn(7, 1, 2)
-    is_first = torch.tensor([[True], [False], [False], [True], [False], [False], [False]])
-    truncated = torch.tensor([[False], [False], [True], [False], [False], [False], [False]])
-    terminated = torch.tensor([[False], [False], [False], [False], [True], [False], [False]])
+    # Exactly one window of 2 + 6 + 1 rows: the sample is the whole history, in order. Episodes end
+    # at rows 1 (truncated, in the burn-in: not trained), 3 (terminated) and 4, 5, 6 (truncated, in
+    # consecutive rows, so they use alternate lanes).
+    steps = 9
+    obs, final_obs = torch.randn(steps, 1, 2), torch.randn(steps, 1, 2)
+    truncated = torch.zeros(steps, 1, dtype=torch.bool)
+    terminated = torch.zeros(steps, 1, dtype=torch.bool)
+    truncated[[1, 4, 5, 6]] = True
+    terminated[3] = True
+    is_first = torch.zeros(steps, 1, dtype=torch.bool)
+    is_first[0] = True
+    is_first[1:] = (truncated | terminated)[:-1]
     state = agent.initial_state(1, "cpu")
-    feats = []
+    feats, finals = [], []
     with torch.no_grad():
-        for t in range(7):
+        for t in range(steps):
             replay.add(obs[t], torch.tensor([t % 2]), torch.tensor([float(t)]), terminated[t], truncated[t],
-                       is_first[t], obs[t], state=state)
-            feat, state = agent.encode(obs[t], state, is_first[t])
+                       is_first[t], final_obs[t], state=state)
+            feat, next_state = agent.encode(obs[t], state, is_first[t])
             feats.append(feat)
-    feats = torch.cat(feats)  # [7, F], step by step from the stored start state
+            finals.append(agent.encode(final_obs[t], next_state, torch.zeros(1, dtype=torch.bool))[0])
+            state = next_state
+    feats, finals = torch.cat(feats), torch.cat(finals)  # step by step from the stored start state
     with torch.no_grad():
         b = trainer.sample_batch()
-    torch.testing.assert_close(b["obs"], feats[2:6], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(b["next_obs"], feats[3:7], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(b["next_obs_target"], feats[3:7], atol=1e-5, rtol=1e-5)  # targets start equal
-    assert b["reward"].tolist() == [2.0, 3.0, 4.0, 5.0]
-    assert b["action"].tolist() == [0, 1, 0, 1]
-    assert b["terminated"].tolist() == [False, False, True, False]
-    assert b["mask"].tolist() == [0.0, 1.0, 1.0, 1.0]  # the truncated row has no bootstrap in the window
+    torch.testing.assert_close(b["obs"], feats[2:8], atol=1e-5, rtol=1e-5)
+    # successors: the next row's features, except where the episode was truncated (rows 4, 5, 6):
+    # the features of that row's final_obs after its own obs
+    expected = feats[3:9].clone()
+    for t in (4, 5, 6):
+        expected[t - 2] = finals[t]
+    torch.testing.assert_close(b["next_obs"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b["next_obs_target"], expected, atol=1e-5, rtol=1e-5)  # targets start equal
+    assert b["reward"].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert b["action"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert b["terminated"].tolist() == [False, True, False, False, False, False]
     run.close()
 
 

@@ -32,8 +32,8 @@ from lifelong.agents.offpolicy import (
     OffPolicyTrainer,
     flat_view,
     frozen_copy,
-    masked_loss,
     polyak_update,
+    td_loss,
 )
 from lifelong.config import Config, ConfigError, setting
 from lifelong.memory.mlp import mlp
@@ -175,7 +175,7 @@ class DQNTrainer(OffPolicyTrainer):
             next_q_online = agent.q(b["next_obs"]) if hp.double else next_q_target
             target = dqn_target(b["reward"], b["terminated"], next_q_online, next_q_target, hp.gamma, hp.double)
         q = agent.q(b["obs"]).gather(-1, b["action"].unsqueeze(-1)).squeeze(-1)
-        loss = masked_loss(q, target, b["mask"], hp.loss)
+        loss = td_loss(q, target, hp.loss)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()

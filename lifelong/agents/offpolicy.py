@@ -20,9 +20,9 @@ An update samples ``batch_size // sequence_length`` windows of ``burn_in + seque
 the state (no gradient), the next ``sequence_length`` rows are trained, and row ``t + 1``
 gives the bootstrap features of row ``t`` (online core for the next action, Polyak-averaged
 target core for the target value). Resets at ``is_first`` happen inside the core. A row
-whose episode was truncated is left out of the loss: its bootstrap observation
-(``final_obs``) is not in the window's sequence, and ``obs[t + 1]`` already belongs to the
-next episode. Terminated rows bootstrap from nothing, as always. The critic loss trains the
+whose episode was truncated bootstraps from the cores' output on its ``final_obs`` after
+``obs[t]`` (``obs[t + 1]`` already belongs to the next episode), computed on copies of the
+window (``_truncation_bootstrap``). Terminated rows bootstrap from nothing, as always. The critic loss trains the
 core; the actor reads detached features (as shared-encoder SAC does).
 """
 
@@ -162,15 +162,9 @@ class QNetwork(nn.Module):
         return self.net(torch.cat([obs, action], -1)).squeeze(-1)
 
 
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, kind: str = "mse") -> torch.Tensor:
-    """Mean squared (or Huber) error over the rows where ``mask`` is 1 (all rows when ``mask`` is None)."""
-    if kind == "mse":
-        error = (pred - target) ** 2
-    else:
-        error = F.smooth_l1_loss(pred, target, reduction="none")
-    if mask is None:
-        return error.mean()
-    return (error * mask).sum() / mask.sum().clamp(min=1.0)
+def td_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Mean squared (or Huber, ``kind="huber"``) TD error."""
+    return F.mse_loss(pred, target) if kind == "mse" else F.smooth_l1_loss(pred, target)
 
 
 class OffPolicyAgent(Agent):
@@ -254,19 +248,19 @@ class OffPolicyTrainer(Trainer):
         window = self.hp.burn_in + self.hp.sequence_length + 1
         return max(self.hp.learning_starts, window * self.env.num_envs)
 
-    def sample_batch(self) -> dict[str, torch.Tensor | None]:
+    def sample_batch(self) -> dict[str, torch.Tensor]:
         """A training batch in one layout for both kinds of replay, rows flattened to ``[N, ...]``.
 
         ``obs``: the inputs of the networks at t (features with gradient into the core, for a
         memory core); ``next_obs``: the online inputs at the successor (no gradient);
         ``next_obs_target``: the target network's inputs at the successor; ``action``,
-        ``reward``, ``terminated``; ``mask``: 1 where the row counts in the loss (None: all).
+        ``reward``, ``terminated``.
         """
         hp, agent = self.hp, self.agent
         if agent.core is None:
             b = self.replay.sample(hp.batch_size)
             return {"obs": b["obs"], "next_obs": b["next_obs"], "next_obs_target": b["next_obs"],
-                    "action": b["action"], "reward": b["reward"], "terminated": b["terminated"], "mask": None}
+                    "action": b["action"], "reward": b["reward"], "terminated": b["terminated"]}
         burn, length = hp.burn_in, hp.sequence_length
         windows = max(1, hp.batch_size // length)
         w = self.replay.sample(windows, burn + length + 1)
@@ -278,6 +272,10 @@ class OffPolicyTrainer(Trainer):
                 _, state_target = agent.core_target(obs[:burn], state_target, first[:burn])
             feat_target, _ = agent.core_target(obs[burn:], state_target, first[burn:])
         feat, _ = agent.core(obs[burn:], detach_state(state), first[burn:])
+        next_online, next_target = feat[1:].detach(), feat_target[1:]
+        truncated = w["truncated"][burn : burn + length]
+        if bool(truncated.any()):
+            next_online, next_target = self._truncation_bootstrap(w, next_online, next_target)
 
         def rows(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(length * windows, *x.shape[2:])
@@ -285,13 +283,48 @@ class OffPolicyTrainer(Trainer):
         trained = slice(burn, burn + length)
         return {
             "obs": rows(feat[:-1]),
-            "next_obs": rows(feat[1:].detach()),
-            "next_obs_target": rows(feat_target[1:]),
+            "next_obs": rows(next_online),
+            "next_obs_target": rows(next_target),
             "action": rows(w["action"][trained]),
             "reward": rows(w["reward"][trained]),
             "terminated": rows(w["terminated"][trained]),
-            "mask": rows(~w["truncated"][trained]).float(),
         }
+
+    @torch.no_grad()
+    def _truncation_bootstrap(self, w: dict[str, Any], next_online: torch.Tensor,
+                              next_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Successor features of truncated rows: the cores' output on ``final_obs[t]`` after ``obs[t]``.
+
+        The window's row ``t + 1`` already starts the next episode, so each truncated row ``t``
+        needs its own input: a *lane* is a copy of the window whose row ``t + 1`` is replaced by
+        ``final_obs[t]`` without a reset; the core's output there, from the state after
+        ``obs[t]``, is exactly the bootstrap feature. A lane is wrong after that row until its
+        next reset, which is the next episode end of the window, so ends alternate between two
+        lanes by their index: every truncated row's lane is exact where it is read.
+        """
+        agent, hp = self.agent, self.hp
+        burn, length = hp.burn_in, hp.sequence_length
+        obs, first, state = w["obs"], w["is_first"], w["state"]
+        done = w["terminated"] | w["truncated"]
+        end_index = done.long().cumsum(0) - 1  # [W, n]: the index of each end within its window
+        for lane in (0, 1):
+            # truncated trained rows t whose end goes to this lane; the replaced row is t + 1
+            chosen = w["truncated"] & (end_index % 2 == lane)
+            chosen[:burn] = False
+            chosen[burn + length :] = False
+            if not bool(chosen.any()):
+                continue
+            replaced = torch.zeros_like(chosen)
+            replaced[1:] = chosen[:-1]
+            lane_obs = torch.where(replaced.view(*replaced.shape, *([1] * (obs.dim() - 2))),
+                                   w["final_obs"].roll(1, 0), obs)
+            lane_first = first & ~replaced
+            online, _ = agent.core(lane_obs, state, lane_first)
+            target, _ = agent.core_target(lane_obs, state, lane_first)
+            use = chosen[burn : burn + length].unsqueeze(-1)  # trained row t reads the lane at t + 1
+            next_online = torch.where(use, online[burn + 1 :], next_online)
+            next_target = torch.where(use, target[burn + 1 :], next_target)
+        return next_online, next_target
 
     # --------------------------------------------------------------- to implement
     @abstractmethod

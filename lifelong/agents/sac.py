@@ -42,8 +42,8 @@ from lifelong.agents.offpolicy import (
     box_bounds,
     flat_view,
     frozen_copy,
-    masked_loss,
     polyak_update,
+    td_loss,
 )
 from lifelong.config import Config, ConfigError, setting
 from lifelong.memory.mlp import mlp
@@ -220,8 +220,8 @@ class SACTrainer(OffPolicyTrainer):
             next_t = b["next_obs_target"]
             next_q = torch.min(agent.q1_target(next_t, next_action), agent.q2_target(next_t, next_action))
             target = td_target(b["reward"], b["terminated"], next_q, next_log_prob, alpha, hp.gamma)
-        qf1_loss = masked_loss(agent.q1(b["obs"], b["action"]), target, b["mask"])
-        qf2_loss = masked_loss(agent.q2(b["obs"], b["action"]), target, b["mask"])
+        qf1_loss = td_loss(agent.q1(b["obs"], b["action"]), target)
+        qf2_loss = td_loss(agent.q2(b["obs"], b["action"]), target)
         self.critic_opt.zero_grad()
         (qf1_loss + qf2_loss).backward()
         self.critic_opt.step()

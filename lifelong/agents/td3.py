@@ -33,8 +33,8 @@ from lifelong.agents.offpolicy import (
     box_bounds,
     flat_view,
     frozen_copy,
-    masked_loss,
     polyak_update,
+    td_loss,
 )
 from lifelong.config import Config, setting
 from lifelong.memory.mlp import mlp
@@ -177,8 +177,8 @@ class TD3Trainer(OffPolicyTrainer):
             next_action = (agent.actor_target(next_t) + smoothing).clamp_(-1.0, 1.0)
             next_q = torch.min(agent.q1_target(next_t, next_action), agent.q2_target(next_t, next_action))
             target = td3_target(b["reward"], b["terminated"], next_q, hp.gamma)
-        qf1_loss = masked_loss(agent.q1(b["obs"], b["action"]), target, b["mask"])
-        qf2_loss = masked_loss(agent.q2(b["obs"], b["action"]), target, b["mask"])
+        qf1_loss = td_loss(agent.q1(b["obs"], b["action"]), target)
+        qf2_loss = td_loss(agent.q2(b["obs"], b["action"]), target)
         self.critic_opt.zero_grad()
         (qf1_loss + qf2_loss).backward()
         self.critic_opt.step()
