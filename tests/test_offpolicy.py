@@ -268,3 +268,20 @@ def test_td3_solves_pendulum(tmp_path):
     })
     results = train(cfg, tmp_path)
     assert max(e["mean"] for e in results["evals"]) >= -200, results["evals"]
+
+
+def test_offpolicy_agent_trains_under_a_curriculum_teacher(tmp_path):
+    cfg = config_from_dict({
+        "run": {"name": "dqn_curriculum", "total_steps": 1500, **QUIET},
+        "env": {"backend": "native", "id": "GatedCorridor", "num_envs": 4},
+        "agent": {"name": "dqn", "learning_starts": 200, "memory": {"name": "mlp", "hidden": [16]}},
+        "curriculum": {"teacher": {"name": "alp_gmm"}, "test_set": [[0.1, 0.0], [0.5, 0.0]]},
+    })
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    trainer.train()
+    teacher = trainer.env.teacher
+    assert teacher.episodes >= 20  # every ended episode was reported
+    state = trainer.state_dict()
+    assert state["env"]["curriculum"]["episodes"] == teacher.episodes  # the teacher is checkpointed
+    run.close()
