@@ -293,8 +293,8 @@ def test_transformer_gates_start_near_identity():
     from lifelong.memory.transformer import BandMask
 
     mask = BandMask(torch.zeros(WINDOW, B, dtype=torch.bool), first, WINDOW)
-    out = core.layers[0](h, torch.zeros(WINDOW, B, 16), mask)
-    assert ((out - h).norm() / h.norm()) < 0.5
+    out, kv = core.layers[0](h, torch.zeros(WINDOW, B, 32), mask)  # cached keys and values: 2 * d_model
+    assert ((out - h).norm() / h.norm()) < 0.5 and kv.shape == (T, B, 32)
 
 
 @pytest.mark.parametrize("name", CORES)

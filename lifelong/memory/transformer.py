@@ -8,8 +8,9 @@ residual connections::
 
 The gate bias starts at 2 so a fresh layer is close to the identity map.
 
-Cache (the recurrent state, env dimension 1): for every layer the *inputs* of that layer at
-the last ``window`` steps, ``[window, B, d_model]``, slot ``j`` holding the step
+Cache (the recurrent state, env dimension 1): for every layer the attention keys and values
+of the last ``window`` steps, ``[window, B, 2 * d_model]`` (so a step costs one projection,
+not one per cached step), slot ``j`` holding the step
 ``window - j`` steps back, plus one ``valid [window, B]`` mask shared by the layers. A slot
 is valid only while it belongs to the episode of the newest step: a reset invalidates the
 whole cache, so attention never crosses an episode boundary. Inside a call, each step's
@@ -21,7 +22,7 @@ step by step; that is what makes the two modes agree.
 
 Attention masks: step ``t`` attends to the steps ``t - window .. t`` of its own episode
 (causal, no future). One layer therefore sees ``window`` steps back; a stack of L layers
-sees up to ``L * window`` steps back through the cached layer inputs, as in transformer-XL.
+sees up to ``L * window`` steps back through the layers below, as in transformer-XL.
 
 Positions: a learned relative bias per head and distance ``0..window`` added to the
 attention logits (zero at init, so the start is position-agnostic). Relative positions
@@ -146,16 +147,20 @@ class GTrXLLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Linear(ff, d))
         self.gate_ff = GRUGate(d)
 
-    def forward(self, h: torch.Tensor, cache: torch.Tensor, mask: BandMask) -> torch.Tensor:
-        """Transform ``h [T,B,d]`` given this layer's cached inputs ``[window,B,d]``."""
+    def forward(self, h: torch.Tensor, cache: torch.Tensor, mask: BandMask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform ``h [T,B,d]`` given this layer's cached keys/values ``[window,B,2d]``; also return the new ones."""
         T, B, d = h.shape
         H, E, S, n = self.heads, self.head_dim, mask.block, mask.blocks
-        z = self.norm_attn(torch.cat([cache, h]))  # [window+T, B, d]
+        z = self.norm_attn(h)
+        kv_new = self.key_value(z)  # [T, B, 2d]
+        kv = torch.cat([cache, kv_new])  # [window+T, B, 2d]
         pad = n * S - T
         if pad:
+            # padding keys lie after every real query (masked causally), padding queries are dropped
             z = torch.cat([z, z.new_zeros(pad, B, d)])
-        q = self.query(z[mask.window :]).view(n, S, B, H, E)
-        k, v = self.key_value(z).view(-1, B, 2, H, E).unbind(2)
+            kv = torch.cat([kv, kv.new_zeros(pad, B, 2 * d)])
+        q = self.query(z).view(n, S, B, H, E)
+        k, v = kv.view(-1, B, 2, H, E).unbind(2)
         k = k.unfold(0, mask.window + S, S)  # [n, B, H, E, span]
         v = v.unfold(0, mask.window + S, S)
         logits = torch.einsum("nsbhe,nbhej->nbhsj", q / math.sqrt(E), k)
@@ -165,7 +170,7 @@ class GTrXLLayer(nn.Module):
         weights = torch.softmax(logits + bias, dim=-1)
         att = torch.einsum("nbhsj,nbhej->nsbhe", weights, v).reshape(n * S, B, d)[:T]
         h = self.gate_attn(h, F.relu(self.out(att)))
-        return self.gate_ff(h, F.relu(self.ff(self.norm_ff(h))))
+        return self.gate_ff(h, F.relu(self.ff(self.norm_ff(h)))), kv_new
 
 
 class TransformerMemory(Memory):
@@ -186,9 +191,9 @@ class TransformerMemory(Memory):
         self.norm_out = nn.LayerNorm(d)
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
-        """Empty caches: zero inputs, every slot invalid."""
+        """Empty caches: zero keys/values, every slot invalid."""
         caches = tuple(
-            torch.zeros(self.window, batch_size, self.d_model, device=device) for _ in self.layers
+            torch.zeros(self.window, batch_size, 2 * self.d_model, device=device) for _ in self.layers
         )
         return caches, torch.zeros(self.window, batch_size, dtype=torch.bool, device=device)
 
@@ -200,8 +205,8 @@ class TransformerMemory(Memory):
         h = self.embed(x)
         new_caches = []
         for layer, cache in zip(self.layers, caches):
-            new_caches.append(torch.cat([cache, h])[-self.window :])
-            h = layer(h, cache, mask)
+            h, kv = layer(h, cache, mask)
+            new_caches.append(torch.cat([cache, kv])[-self.window :])
         return self.norm_out(h), (tuple(new_caches), mask.next_valid())
 
 
