@@ -3,6 +3,7 @@ mean |advantage| scores, teacher state survives checkpoints, test sets and Tenso
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -163,3 +164,27 @@ def test_bad_curricula_are_one_line_errors(tmp_path):
     bad_rows = config_from_dict(run_config({"name": "random"}, test_set=[[5.0, 0.0]]))
     with pytest.raises(ConfigError, match="curriculum.test_set: row 0 lies outside"):
         evaluate_test_set(None, bad_rows, torch.device("cpu"))
+
+
+def test_stump_tracks_test_set_is_found_through_the_gymnasium_backend():
+    """The SAC preset's ``test_set: env`` reaches StumpTracks' 50 tasks and 230 threshold via GymnasiumVecEnv."""
+    pytest.importorskip("Box2D")
+    from lifelong.config import load_config
+    from lifelong.curricula.env import test_set_of
+    from lifelong.envs.stump_tracks import MASTERED_RETURN, stump_tracks_test_set
+
+    cfg = load_config("configs/sac_alp_gmm_stump_tracks.yaml")
+    env = make_env(dataclasses.replace(cfg.env, num_envs=1), seed=0, device="cpu")
+    try:
+        tasks, threshold = test_set_of(cfg, env)
+        assert tasks.shape == (50, 2) and torch.equal(tasks, stump_tracks_test_set())
+        assert threshold == MASTERED_RETURN == 230.0
+        tasks[0, 0] = -1.0  # callers get a copy: the env's test set stays intact
+        assert torch.equal(env.unwrapped.test_set(), stump_tracks_test_set())
+    finally:
+        env.close()
+    plain = make_env(EnvConfig(backend="gymnasium", id="Pendulum-v1", num_envs=1), seed=0, device="cpu")
+    try:  # an env without a test set forwards none
+        assert plain.unwrapped.test_set() is None and plain.unwrapped.mastered_return is None
+    finally:
+        plain.close()

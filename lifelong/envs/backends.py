@@ -340,6 +340,25 @@ def declared_param_space(env: gym.Env, label: str) -> tuple[ParamSpace | None, A
     return space, getattr(inner, "default_params", None)
 
 
+def declared_test_set(env: gym.Env, label: str) -> tuple[torch.Tensor | None, float | None]:
+    """(curriculum test tasks ``[N, P]`` or None, mastered return or None) that ``env.unwrapped`` declares.
+
+    The tasks come from ``test_set()`` (or a ``test_set`` array), the threshold from
+    ``mastered_return``; ConfigError when either is not numeric.
+    """
+    inner = env.unwrapped
+    source = getattr(inner, "test_set", None)
+    threshold = getattr(inner, "mastered_return", None)
+    try:
+        tasks = None if source is None else torch.as_tensor(
+            np.asarray(source() if callable(source) else source, dtype=np.float32))
+        threshold = None if threshold is None else float(threshold)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"env.id: {label} has an unusable test_set or mastered_return "
+                          f"({type(e).__name__}: {e}); expected a [N, P] array of params and a number") from e
+    return tasks, threshold
+
+
 _AUTORESET = {
     "same_step": gym.vector.AutoresetMode.SAME_STEP,
     "next_step": gym.vector.AutoresetMode.NEXT_STEP,
@@ -362,7 +381,10 @@ class GymnasiumVecEnv(VecEnv):
     its episode from them. An optional attribute ``default_params`` (``[P]``) gives the
     params used until ``set_params`` is called (else the middle of the box). That is
     all a user's env needs; see ``lifelong.envs.stump_tracks`` for an example and
-    ``VecEnv`` for the pending/current contract.
+    ``VecEnv`` for the pending/current contract. A sub-env's curriculum test set
+    (``test_set()`` and ``mastered_return``, read once from a probe env) is forwarded as
+    this vector env's ``test_set()`` and ``mastered_return``, where a curriculum's
+    ``test_set: env`` looks for them.
     """
 
     def __init__(self, cfg: EnvConfig, *, num_envs: int, seed: int, device: torch.device) -> None:
@@ -374,6 +396,7 @@ class GymnasiumVecEnv(VecEnv):
         try:
             _check_spaces(probe.observation_space, probe.action_space, f"Gymnasium env {cfg.id!r}")
             self.param_space, default = declared_param_space(probe, f"Gymnasium env {cfg.id!r}")
+            self._test_set, self.mastered_return = declared_test_set(probe, f"Gymnasium env {cfg.id!r}")
         finally:
             probe.close()
         self.device = torch.device(device)
@@ -427,6 +450,10 @@ class GymnasiumVecEnv(VecEnv):
     def current_params(self) -> torch.Tensor | None:
         """Params ``[B, P]`` of the running episodes (None for envs without parameters)."""
         return None if self._params is None else self._params.current
+
+    def test_set(self) -> torch.Tensor | None:
+        """The sub-env's fixed curriculum test tasks ``[N, P]`` (a copy), or None when it declares none."""
+        return None if self._test_set is None else self._test_set.clone()
 
     def step(self, action: torch.Tensor) -> Step:
         """Step all envs; ended envs already show their next episode's first obs."""

@@ -14,7 +14,7 @@ After the start pad, stumps one terrain step wide follow each other every
 BipedalWalker's: about 300 for reaching the end, -100 for a fall (the hull touching the
 ground or a stump). Episodes are truncated after ``max_episode_steps`` (2000, as in the
 paper). A task is mastered when the return reaches 230 (``MASTERED_RETURN``);
-``stump_tracks_test_set()`` gives the fixed 50 test tasks.
+``stump_tracks_test_set()`` (also ``StumpTracks.test_set()``) gives the fixed 50 test tasks.
 
 Importing this module registers the Gymnasium id ``lifelong/StumpTracks-v0``; with the
 ``gymnasium`` backend use ``env.id: lifelong/StumpTracks-v0`` and ``env.import:
@@ -84,6 +84,7 @@ class StumpTracks(walker.BipedalWalker):
 
     param_space = STUMP_TRACKS_SPACE
     mastered_return = MASTERED_RETURN
+    test_set = staticmethod(stump_tracks_test_set)
 
     def __init__(self, render_mode: str | None = None, stump_height: float = 1.5, stump_spacing: float = 3.0,
                  max_episode_steps: int = 2000) -> None:

@@ -1,0 +1,116 @@
+"""Curriculum teachers on GatedCorridor: percent of the 50-task test set a PPO student masters.
+
+Every teacher (random, alp_gmm, riac, covar_gmm, plr) trains the same PPO student
+(configs/ppo_alp_gmm_gated_corridor.yaml with only ``curriculum.teacher.name`` changed;
+each teacher keeps its published defaults) for the same number of env steps, once per
+seed, each run in a fresh subprocess. Runs go two at a time (``--jobs``) and the teacher
+order rotates seed by seed, so machine noise does not favour one teacher.
+
+``mastered`` is ``results.json``'s ``curriculum_tests``: the fraction of GatedCorridor's
+fixed 50 test tasks the deterministic (argmax) policy reaches within the time limit, at
+every evaluation (10 test tasks are locked, so 80% is the most possible). Printed per
+teacher: the final and best-over-evaluations mastered percent (mean and min..max over
+seeds), the ratio of the mean final mastered percent to random's, and the training
+seconds per run (evaluation excluded) against random's: the teacher's wall overhead.
+
+    python benchmarks/curriculum.py [--seeds 3] [--steps 1000000] [--jobs 2] [--teachers random,alp_gmm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import spawn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs/ppo_alp_gmm_gated_corridor.yaml"
+TEACHERS = ("random", "alp_gmm", "riac", "covar_gmm", "plr")
+
+
+def run_teacher(teacher: str, seed: int, steps: int, evals: int) -> dict:
+    """Train the PPO student under ``teacher``; return its test-set mastery at every evaluation."""
+    from lifelong.config import load_config
+    from lifelong.run import train
+
+    cfg = load_config(CONFIG, [
+        f"curriculum.teacher.name={teacher}", f"run.seed={seed}", f"run.total_steps={steps}",
+        f"run.eval_every={max(1, steps // evals)}", "run.checkpoint_every=0", "run.progress=false",
+        "run.torch_threads=1", "curriculum.density_every=0",
+    ])
+    with tempfile.TemporaryDirectory() as tmp:
+        results = train(cfg, f"{tmp}/run")
+    tests = results["curriculum_tests"]
+    if not tests:
+        raise RuntimeError(f"{teacher} seed {seed}: results.json has no curriculum_tests")
+    return {
+        "mastered": [100.0 * t["mastered"] for t in tests],
+        "steps": [t["step"] for t in tests],
+        "train_seconds": results["wall_time_s"] - results["eval_time_s"] - results["setup_time_s"],
+    }
+
+
+def _spread(values: list[float]) -> str:
+    """``mean (min..max)`` of a list of percentages."""
+    return f"{statistics.mean(values):5.1f} ({min(values):.0f}..{max(values):.0f})"
+
+
+def main() -> None:
+    """Run every teacher for every seed and print the table and ratios against random."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1_000_000, help="env steps per run")
+    parser.add_argument("--evals", type=int, default=5, help="test-set evaluations per run")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--teachers", default=",".join(TEACHERS), help="comma-separated; random is the peer")
+    parser.add_argument("--worker", choices=TEACHERS)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    extra = ("--steps", str(args.steps), "--evals", str(args.evals))
+    if args.worker:
+        print(json.dumps(run_teacher(args.worker, args.seed, args.steps, args.evals)))
+        return
+
+    teachers = [t for t in args.teachers.split(",") if t]
+    unknown = sorted(set(teachers) - set(TEACHERS))
+    if unknown:
+        parser.error(f"--teachers: {unknown} not allowed (allowed: {', '.join(TEACHERS)})")
+    jobs = []
+    for seed in range(args.seeds):
+        shift = seed % len(teachers)
+        jobs += [(name, seed) for name in teachers[shift:] + teachers[:shift]]
+
+    rows: dict[str, list[dict]] = {name: [] for name in teachers}
+    print(f"{'teacher':<10} {'seed':>4} {'mastered % at each evaluation':<32} {'train s':>8}", flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [(name, seed, pool.submit(spawn, __file__, name, seed, *extra)) for name, seed in jobs]
+        for name, seed, future in futures:
+            row = future.result()
+            rows[name].append(row)
+            trace = " ".join(f"{m:.0f}" for m in row["mastered"])
+            print(f"{name:<10} {seed:>4} {trace:<32} {row['train_seconds']:>8.1f}", flush=True)
+
+    print()
+    print(f"{args.steps:,} env steps per run, {args.seeds} seeds; mean (min..max) over seeds; "
+          "ratio = mean final mastered / random's")
+    print(f"{'teacher':<10} {'final mastered %':>18} {'best mastered %':>18} {'vs random':>10} {'train s':>8} "
+          f"{'vs random':>10}")
+    peer_final = statistics.mean(r["mastered"][-1] for r in rows["random"]) if "random" in rows else None
+    peer_time = statistics.mean(r["train_seconds"] for r in rows["random"]) if "random" in rows else None
+    for name in teachers:
+        final = [r["mastered"][-1] for r in rows[name]]
+        best = [max(r["mastered"]) for r in rows[name]]
+        seconds = statistics.mean(r["train_seconds"] for r in rows[name])
+        ratio = f"{statistics.mean(final) / peer_final:.2f}x" if peer_final else "-"
+        overhead = f"{seconds / peer_time:.2f}x" if peer_time else "-"
+        print(f"{name:<10} {_spread(final):>18} {_spread(best):>18} {ratio:>10} {seconds:>8.1f} {overhead:>10}")
+
+
+if __name__ == "__main__":
+    main()
