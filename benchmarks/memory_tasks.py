@@ -8,6 +8,7 @@ of the mean episode return (POPGym's metric). The peer, sb3-contrib RecurrentPPO
 `--peer-steps` steps in the same invocation; its SPS gives the ratio.
 
     python benchmarks/memory_tasks.py [--steps 200000] [--peer-steps 4096] [--cores gru,ffm,...]
+        [--tasks repeat_previous,position_only_cartpole] [--evals 4]
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ TASKS = {"repeat_previous": "RepeatPreviousEasy", "position_only_cartpole": "Pos
 CORES = ["mlp", "gru", "lstm", "s5", "ffm", "hcam", "transformer"]
 
 
-def run_lifelong(core: str, task: str, steps: int) -> dict:
+def run_lifelong(core: str, task: str, steps: int, evals: int = 4) -> dict:
     """Train the preset for ``steps`` env steps; SPS and MMER."""
     from lifelong.config import load_config
     from lifelong.run import train
 
-    evaluate_every = max(steps // 4, 8192)
+    evaluate_every = max(steps // evals, 8192)
     cfg = load_config(ROOT / f"configs/ppo_{core}_{task}.yaml",
                       [f"run.total_steps={steps}", f"run.eval_every={evaluate_every}", "run.progress=false",
                        "run.checkpoint_every=0"])
@@ -61,13 +62,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--peer-steps", type=int, default=4096)
     parser.add_argument("--cores", default=",".join(CORES))
+    parser.add_argument("--evals", type=int, default=4, help="evaluations per run (MMER is their max)")
+    parser.add_argument("--tasks", default=",".join(TASKS))
     args = parser.parse_args()
     cores = args.cores.split(",")
-    peers = {task: run_peer(task, args.peer_steps) for task in TASKS}
+    tasks = args.tasks.split(",")
+    peers = {task: run_peer(task, args.peer_steps) for task in tasks}
     print(f"{'core':<12} {'task':<24} {'steps':>8} {'train SPS':>10} {'MMER':>7} {'SPS / sb3-contrib':>18}")
-    for task in TASKS:
+    for task in tasks:
         for core in cores:
-            row = run_lifelong(core, task, args.steps)
+            row = run_lifelong(core, task, args.steps, args.evals)
             print(f"{core:<12} {task:<24} {row['steps']:>8} {row['sps']:>10,.0f} {row['mmer']:>7.3f} "
                   f"{row['sps'] / peers[task]['sps']:>17.0f}x", flush=True)
         peer = peers[task]
