@@ -17,10 +17,11 @@ Parts (``agent.name: dreamer``):
   for nothing.
 * **Return normalisation**: ``ReturnNormalizer`` (EMA 0.01 of the 5th/95th percentiles of
   ``R``), ``scale = max(1, P95 - P5)``; advantages are ``(R_k - V(s_k)) / scale``.
-* **Critic**: two-hot over ``symexp(linspace(-20, 20, 255))`` with a zero-initialised output
-  layer, trained toward ``sg(R_k)`` on ``sg(feat_k)``, plus ``slow_reg`` times the two-hot
-  loss toward the slow critic's prediction; the slow critic is an EMA (``slow_critic_rate``
-  0.02 per update) of the critic. The returns bootstrap from the (fast) critic, as in the
+* **Critic**: two-hot over ``linspace(-20, 20, 255)`` in symlog space (the prediction is
+  ``symexp`` of the expected bin) with a zero-initialised output layer, trained toward
+  ``sg(R_k)`` on ``sg(feat_k)``, plus ``slow_reg`` times the two-hot loss toward the slow
+  critic's prediction; the slow critic is an EMA (``slow_critic_rate`` 0.02 per update) of
+  the critic. The returns bootstrap from the (fast) critic, as in the
   reference code.
 * **Actor** on ``sg(feat)``: discrete actions are a categorical with 1% uniform mix
   (straight-through one-hot samples feed the dynamics) trained by REINFORCE,

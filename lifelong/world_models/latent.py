@@ -125,7 +125,7 @@ class LatentWorldModelConfig:
     dyn_scale: float = setting(0.5, "Weight of the dynamics KL (trains the prior); 0.5 paper, 1.0 current code.",
                                low=0.0)
     rep_scale: float = setting(0.1, "Weight of the representation KL (trains the posterior).", low=0.0)
-    bins: int = setting(255, "Two-hot bins of the reward head, at symexp(linspace(-20, 20, bins)).", low=3)
+    bins: int = setting(255, "Two-hot bins of the reward head, at linspace(-20, 20, bins) in symlog space.", low=3)
     decoder_scale: float = setting(1.0, "Weight of the reconstruction loss (symlog-MSE vectors, MSE images).",
                                    low=0.0)
     reward_scale: float = setting(1.0, "Weight of the two-hot reward loss.", low=0.0)
