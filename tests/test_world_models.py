@@ -9,7 +9,6 @@ from lifelong.config import ConfigError, build
 from lifelong.memory.base import detach_state
 from lifelong.optim import FlatAdam
 from lifelong.registry import MEMORY, WORLD_MODELS
-from lifelong.world_models.networks import dense
 from lifelong.world_models import (
     LatentWorldModel,
     LatentWorldModelConfig,
@@ -24,6 +23,7 @@ from lifelong.world_models import (
     twohot_mean,
     unimix_log_probs,
 )
+from lifelong.world_models.networks import dense
 
 # Small settings of every backbone, enough for equivalence tests to exercise resets, chunks and windows.
 BACKBONES = {
