@@ -67,6 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     cores = args.cores.split(",")
     tasks = args.tasks.split(",")
+    for key, names, allowed in (("--cores", cores, CORES), ("--tasks", tasks, list(TASKS))):
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            parser.error(f"{key}: unknown {', '.join(unknown)} (allowed: {', '.join(allowed)})")
     peers = {task: run_peer(task, args.peer_steps) for task in tasks}
     print(f"{'core':<12} {'task':<24} {'steps':>8} {'train SPS':>10} {'MMER':>7} {'SPS / sb3-contrib':>18}")
     for task in tasks:
