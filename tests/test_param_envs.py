@@ -505,7 +505,9 @@ def test_cue_recall_timeline_and_answers():
     answer = torch.where(torch.arange(8) < 4, cue, (cue + 1) % 4)  # half right, half wrong
     step = env.step(answer)
     assert step.terminated.all() and step.reward.tolist() == [1.0] * 4 + [0.0] * 4
-    assert (step.obs[:, :4].sum(-1) == 1).all()  # the next episode's cue
+    assert (step.obs[:, :4].sum(-1) == 1).all() and (step.obs[:, 4] == 0).all()  # the next episode's cue
+    # The final observation is feedback: the cue again, with the query flag.
+    assert torch.equal(step.final_obs, torch.cat([torch.nn.functional.one_hot(cue, 4).float(), torch.ones(8, 1)], -1))
 
 
 def test_cue_recall_random_answers_score_one_in_k():
