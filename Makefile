@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# pytest-xdist workers: the suite is CPU-bound; two keep both cores of a 2-core CI machine busy.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-fast bench clean
 
@@ -23,11 +25,11 @@ demo: $(STAMP)
 
 # The whole suite, learning tests (marked slow) included: what CI runs.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # Unit and property tests only.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
