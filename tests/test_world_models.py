@@ -569,8 +569,8 @@ def test_gru_world_model_recalls_a_cue_in_imagination():
 
     After observing only the cue step, the model imagines the gap, the query and the answer
     open-loop and decodes the feedback observation that shows the cue: chance is 0.25.
-    Calibration (benchmarks/world_model_memory.py protocol, one core): G=2 reached 1.0 by 750
-    updates; G=4 needs 3k-4.5k updates (0.80 at 4k with this seed), G=32 about 6k (0.83).
+    Calibration (benchmarks/world_model_memory.py protocol, one core): at G=2 seeds 0-3 reach 1.0
+    by 900 updates; G=4 needs 3k-4.5k (0.80 at 4k with this seed), G=32 5k and more (docs).
     """
     gap, updates = 2, 1500
     torch.manual_seed(0)
