@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from lifelong.allocator import keep_freed_memory  # noqa: E402
 from lifelong.config import build  # noqa: E402
 from lifelong.registry import MEMORY  # noqa: E402
 
@@ -107,7 +108,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--modules", nargs="+", default=list(module_configs(256)))
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="measure without run.keep_freed_memory's allocator tuning")
     args = parser.parse_args()
+    if not args.glibc_malloc_defaults:
+        keep_freed_memory()  # as lifelong train does (run.keep_freed_memory)
     default_threads = torch.get_num_threads()
     configs = {n: c for n, c in module_configs(args.width).items() if n in args.modules}
     for threads in dict.fromkeys([1, default_threads]):

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from lifelong.allocator import keep_freed_memory  # noqa: E402
 from lifelong.config import build  # noqa: E402
 from lifelong.optim import FlatAdam  # noqa: E402
 from lifelong.world_models import LatentWorldModel, LatentWorldModelConfig  # noqa: E402
@@ -87,7 +88,11 @@ def main() -> None:
     parser.add_argument("--reward-scale", type=float, default=1.0, help="world_model.reward_scale")
     parser.add_argument("--symbols", type=int, default=SYMBOLS, help="K, the number of cues (chance is 1/K)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="measure without run.keep_freed_memory's allocator tuning")
     args = parser.parse_args()
+    if not args.glibc_malloc_defaults:
+        keep_freed_memory()  # as lifelong train does (run.keep_freed_memory)
     torch.set_num_threads(1)
     results: dict[str, dict[int, dict]] = {}
     for backbone in args.backbones:

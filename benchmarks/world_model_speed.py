@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from lifelong.allocator import keep_freed_memory  # noqa: E402
 from lifelong.config import build  # noqa: E402
 from lifelong.world_models import LatentWorldModel, LatentWorldModelConfig  # noqa: E402
 from lifelong.world_models.distributions import straight_through_sample  # noqa: E402
@@ -122,7 +123,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--stoch", type=int, default=16, help="latents and classes per latent")
     parser.add_argument("--only", nargs="*", default=None, help="contenders (default: all)")
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="measure without run.keep_freed_memory's allocator tuning")
     args = parser.parse_args()
+    if not args.glibc_malloc_defaults:
+        keep_freed_memory()  # as lifelong train does (run.keep_freed_memory)
     torch.set_num_threads(1)
     names = args.only or list(backbones(args.width))
     if PEER not in names:

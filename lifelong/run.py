@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from lifelong.allocator import keep_freed_memory
 from lifelong.checkpoint import CheckpointDir
 from lifelong.config import Config, ConfigError, apply_override, config_from_dict, dump_yaml, parse_override, read_yaml, to_dict
 from lifelong.logger import Logger
@@ -421,6 +422,8 @@ def train(cfg: Config | None = None, run_dir: str | Path | None = None, *, resum
     try:
         if run.cfg.run.torch_threads:
             torch.set_num_threads(run.cfg.run.torch_threads)
+        if run.cfg.run.keep_freed_memory:
+            keep_freed_memory()
         try:
             trainer = make_trainer(run.cfg, run)
         except BaseException:
