@@ -14,8 +14,10 @@ from lifelong.world_models import (
     LatentWorldModelConfig,
     ReturnNormalizer,
     TwoHotHead,
+    categorical_kl,
     kl_balance,
     lambda_returns,
+    straight_through_sample,
     symexp,
     symlog,
     twohot_bins,
@@ -165,10 +167,48 @@ def test_dynamics_kl_trains_only_the_prior_and_representation_kl_only_the_poster
     post = torch.randn(5, 4, 3, requires_grad=True)
     prior = torch.randn(5, 4, 3, requires_grad=True)
     dyn, rep, _ = kl_balance(post.log_softmax(-1) * 4, prior.log_softmax(-1) * 4, free_nats=0.0)
-    grad_post, grad_prior = torch.autograd.grad(dyn.sum(), [post, prior], allow_unused=True)
+    # Both terms come from one KL node, so the first backward keeps the graph for the second.
+    grad_post, grad_prior = torch.autograd.grad(dyn.sum(), [post, prior], allow_unused=True, retain_graph=True)
     assert (grad_post is None or torch.count_nonzero(grad_post) == 0) and torch.count_nonzero(grad_prior) > 0
     grad_post, grad_prior = torch.autograd.grad(rep.sum(), [post, prior], allow_unused=True)
     assert torch.count_nonzero(grad_post) > 0 and (grad_prior is None or torch.count_nonzero(grad_prior) == 0)
+
+
+def test_balanced_kl_equals_two_kls_on_detached_sides():
+    """The fused KL node has the value and the gradients of the two plain KLs with stop-gradients."""
+    post_logits = torch.randn(5, 3, 4, 6, requires_grad=True)
+    prior_logits = torch.randn(5, 3, 4, 6, requires_grad=True)
+    weights = torch.rand(2, 5, 3)
+
+    def grads(dyn, rep):
+        loss = (weights[0] * dyn).sum() + (weights[1] * rep).sum()
+        return torch.autograd.grad(loss, [post_logits, prior_logits], retain_graph=True)
+
+    post, prior = unimix_log_probs(post_logits, 0.01), unimix_log_probs(prior_logits, 0.01)
+    dyn, rep, kl = kl_balance(post, prior, free_nats=0.0)
+    plain_dyn, plain_rep = categorical_kl(post.detach(), prior), categorical_kl(post, prior.detach())
+    torch.testing.assert_close(kl, plain_dyn.detach())
+    torch.testing.assert_close(rep, plain_rep)
+    for fused, plain in zip(grads(dyn, rep), grads(plain_dyn, plain_rep)):
+        torch.testing.assert_close(fused, plain)
+
+
+def test_straight_through_sample_draws_from_the_probabilities_with_the_gradient_of_probs():
+    """Exactly one-hot draws with the class frequencies of p (and the mode without sampling);
+    the gradient is that of ``exp(log_probs)``."""
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    log_probs = probs.log().expand(40_000, 5).clone().requires_grad_(True)
+    draws = straight_through_sample(log_probs)
+    assert torch.equal(draws.detach().sum(-1), torch.ones(40_000))
+    assert set(draws.detach().unique().tolist()) == {0.0, 1.0}
+    frequencies = draws.detach().mean(0)
+    assert frequencies[4] == 0.0  # a zero-probability class is never drawn
+    torch.testing.assert_close(frequencies, probs, atol=0.01, rtol=0.0)  # 0.01 is over 4 standard errors
+    assert torch.equal(straight_through_sample(log_probs, sample=False).detach()[0], torch.eye(5)[0])
+    upstream = torch.randn(40_000, 5)
+    (grad,) = torch.autograd.grad((draws * upstream).sum(), log_probs)
+    torch.testing.assert_close(grad, upstream * probs)
 
 
 @pytest.mark.parametrize("posterior", ["recurrent", "nonrecurrent"])

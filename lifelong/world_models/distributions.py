@@ -104,16 +104,33 @@ def unimix_log_probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
 
 
 def straight_through_sample(log_probs: torch.Tensor, sample: bool = True) -> torch.Tensor:
-    """A one-hot draw (or the mode when ``sample`` is False) with straight-through gradient to the probabilities."""
-    probs = log_probs.exp()
+    """A one-hot draw (or the mode when ``sample`` is False) with straight-through gradient to the probabilities.
+
+    The value is exactly one-hot; the gradient is that of ``probs``, as in ``sample + probs - sg(probs)``.
+    """
+    probs = log_probs.detach().exp()
     if sample:
-        # Gumbel-max: argmax(log p + Gumbel noise) is a draw from p.
-        gumbel = -torch.log(-torch.log(torch.rand_like(log_probs).clamp_(min=1e-20)))
-        index = (log_probs.detach() + gumbel).argmax(-1)
+        # Inverse CDF: one uniform per variable (Gumbel-max would need two logs per class).
+        cdf = probs.cumsum(-1)
+        u = torch.rand_like(cdf[..., -1:]) * cdf[..., -1:]
+        index = (cdf <= u).sum(-1).clamp_(max=log_probs.shape[-1] - 1)
     else:
         index = log_probs.detach().argmax(-1)
-    one_hot = F.one_hot(index, log_probs.shape[-1]).to(probs.dtype)
-    return one_hot + probs - probs.detach()
+    return _StraightThrough.apply(log_probs, index, probs)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """One-hot ``index`` forward; backward the gradient of ``exp(log_probs)``: ``grad * probs``."""
+
+    @staticmethod
+    def forward(ctx, log_probs: torch.Tensor, index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(probs)
+        return torch.zeros_like(log_probs).scatter_(-1, index.unsqueeze(-1), 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (probs,) = ctx.saved_tensors
+        return grad * probs, None, None
 
 
 def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -125,7 +142,7 @@ def kl_balance(
     post_log_probs: torch.Tensor,
     prior_log_probs: torch.Tensor,
     free_nats: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-step ``(dyn, rep, kl)`` losses from log-probabilities ``[..., S, C]`` and the raw KL ``[...]``.
 
     ``dyn = max(free_nats, KL(sg(post) || prior))`` (gradient only into the prior),
@@ -133,6 +150,34 @@ def kl_balance(
     below ``free_nats`` a term is constant and passes no gradient at all.
     Returns ``(dyn, rep, kl)`` each ``[...]`` where ``kl`` is the unclamped, detached KL.
     """
-    dyn = categorical_kl(post_log_probs.detach(), prior_log_probs)
-    rep = categorical_kl(post_log_probs, prior_log_probs.detach())
+    dyn, rep = _BalancedKL.apply(post_log_probs, prior_log_probs)
     return dyn.clamp(min=free_nats), rep.clamp(min=free_nats), dyn.detach()
+
+
+class _BalancedKL(torch.autograd.Function):
+    """``KL(post || prior)`` computed once and returned twice, each copy differentiable on one side only.
+
+    The first output is ``KL(sg(post) || prior)``: gradient ``-p_post`` into the prior's
+    log-probabilities. The second is ``KL(post || sg(prior))``: gradient
+    ``p_post * (log p_post - log p_prior + 1)`` into the posterior's. The same as two
+    ``categorical_kl`` calls on detached inputs, for one forward pass instead of two.
+    """
+
+    @staticmethod
+    def forward(ctx, post_log_probs: torch.Tensor, prior_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        post_probs = post_log_probs.exp()
+        diff = post_log_probs - prior_log_probs
+        kl = (post_probs * diff).sum((-2, -1))
+        ctx.save_for_backward(post_probs, diff)
+        return kl, kl.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_dyn: torch.Tensor, grad_rep: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        post_probs, diff = ctx.saved_tensors
+        grad_post = grad_prior = None
+        if ctx.needs_input_grad[0]:
+            grad_post = (diff + 1.0).mul_(post_probs).mul_(grad_rep[..., None, None])
+        if ctx.needs_input_grad[1]:
+            grad_prior = post_probs * -grad_dyn[..., None, None]
+        return grad_post, grad_prior
