@@ -100,6 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lifelong.checkpoint import CheckpointDir, load_checkpoint
     from lifelong.config import config_from_dict
     from lifelong.evaluation import evaluate_policy
+    from lifelong.logger import Logger
     from lifelong.run import Run, RunDirError, make_trainer, resolve_device, write_json
 
     target = Path(args.target)
@@ -118,7 +119,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise RunDirError(f"{str(target)!r} is neither a run dir nor a checkpoint file")
     cfg.run.progress = False
     device = resolve_device(cfg.run.device)
-    run = Run(cfg=cfg, dir=ckpt_path.parent, device=device)
+    # A console-only logger: trainers report what they build (replay sizes), nothing goes to TensorBoard.
+    quiet = Logger(ckpt_path.parent, total_steps=cfg.run.total_steps, progress=False, tensorboard=False)
+    run = Run(cfg=cfg, dir=ckpt_path.parent, device=device, logger=quiet)
     trainer = make_trainer(cfg, run)
     trainer.load_state_dict(payload["trainer"])
     torch.manual_seed(args.seed)

@@ -61,6 +61,20 @@ def test_eval_run_dir_and_checkpoint(trained, tmp_path):
     assert json.loads(out.read_text())["episodes"] == 2
 
 
+@pytest.mark.parametrize("preset", ["sac_pendulum", "dreamer_cartpole"])
+def test_eval_agents_that_report_while_being_built(preset, tmp_path):
+    """Off-policy and Dreamer trainers log their replay size when built; eval gives them a console logger."""
+    run_dir = tmp_path / "run"
+    proc = lifelong("train", f"configs/{preset}.yaml", "run.total_steps=64", "run.eval_every=0",
+                    "run.eval_episodes=1", "run.progress=false", "run.stop_return=null", "agent.learning_starts=64",
+                    "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    proc = lifelong("eval", str(run_dir), "--episodes", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "replay" in proc.stderr.lower()
+    assert json.loads((run_dir / "eval.json").read_text())["episodes"] == 1
+
+
 def test_resume_a_finished_run_with_a_larger_budget(trained):
     proc = lifelong("train", "--resume", str(trained), "run.total_steps=1536")
     assert proc.returncode == 0, proc.stderr
