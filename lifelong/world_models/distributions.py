@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -128,6 +127,7 @@ class _StraightThrough(torch.autograd.Function):
         return torch.zeros_like(log_probs).scatter_(-1, index.unsqueeze(-1), 1.0)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (probs,) = ctx.saved_tensors
         return grad * probs, None, None
