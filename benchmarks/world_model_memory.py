@@ -9,7 +9,8 @@ training batch is B=16 freshly generated whole episodes (``[G+2, B]`` rows start
 terminal step from ``final_obs``). No replay reuse: every update sees new episodes.
 
 Training: ``LatentWorldModel.compute_loss`` with Adam for ``--updates`` updates, one world
-model per backbone (gru: recurrent posterior; s5, transformer: nonrecurrent), all with
+model per backbone (gru, lstm: recurrent posterior; s5, transformer, ffm and gru-nr, the GRU
+with the posterior of R2I/S4WM: nonrecurrent), all with
 the same tiny MLPs, 16x16 latents and backbone width 128.
 
 Test (``lifelong.world_models.cue_probe``, on ``--episodes`` fresh episodes at every tenth
@@ -20,7 +21,7 @@ reward). Chance is 1/K. The model never sees an observation after the cue, so ei
 only come from what the backbone carried.
 
     python benchmarks/world_model_memory.py [--gaps 32 128 512] [--backbones gru s5 transformer]
-        [--updates 300] [--episodes 128] [--symbols 4] [--seed 0]
+        [--updates 300] [--episodes 128] [--symbols 4] [--free-nats 1.0] [--seed 0]
 """
 
 from __future__ import annotations
@@ -44,17 +45,22 @@ from lifelong.world_models.cue_probe import CueEpisodes, cue_recall_scores  # no
 SYMBOLS, BATCH, WIDTH = 4, 16, 128  # SYMBOLS: the default K
 BACKBONES = {
     "gru": {"name": "gru", "hidden": WIDTH},
+    "gru-nr": {"name": "gru", "hidden": WIDTH},  # with the nonrecurrent posterior (POSTERIOR)
     "s5": {"name": "s5", "d_model": WIDTH, "state_size": WIDTH // 2, "layers": 2},
     "transformer": {"name": "transformer", "d_model": WIDTH, "heads": 4, "layers": 2, "window": 64},
     "lstm": {"name": "lstm", "hidden": WIDTH},
     "ffm": {"name": "ffm", "hidden": WIDTH},
 }
 
+POSTERIOR = {"gru-nr": "nonrecurrent"}  # every other entry uses its backbone's default ("auto")
 
-def make_model(backbone: str, seed: int, reward_scale: float = 1.0, symbols: int = SYMBOLS) -> LatentWorldModel:
+
+def make_model(backbone: str, seed: int, reward_scale: float = 1.0, symbols: int = SYMBOLS,
+               free_nats: float = 1.0) -> LatentWorldModel:
     """A tiny world model on ``backbone``."""
     torch.manual_seed(seed)
-    raw = {"size": "tiny", "stoch": 16, "classes": 16, "backbone": BACKBONES[backbone], "reward_scale": reward_scale}
+    raw = {"size": "tiny", "stoch": 16, "classes": 16, "backbone": BACKBONES[backbone], "reward_scale": reward_scale,
+           "free_nats": free_nats, "posterior": POSTERIOR.get(backbone, "auto")}
     return LatentWorldModel((symbols + 1,), symbols, build(LatentWorldModelConfig, raw))
 
 
@@ -86,6 +92,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=BATCH, help="episodes per update")
     parser.add_argument("--reward-scale", type=float, default=1.0, help="world_model.reward_scale")
+    parser.add_argument("--free-nats", type=float, default=1.0,
+                        help="world_model.free_nats (the cue is worth only log K nats; 1.0 is DreamerV3's)")
     parser.add_argument("--symbols", type=int, default=SYMBOLS, help="K, the number of cues (chance is 1/K)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--glibc-malloc-defaults", action="store_true",
@@ -99,7 +107,7 @@ def main() -> None:
         results[backbone] = {}
         for gap in args.gaps:
             started = time.perf_counter()
-            model = make_model(backbone, args.seed, args.reward_scale, args.symbols)
+            model = make_model(backbone, args.seed, args.reward_scale, args.symbols, args.free_nats)
             test = CueEpisodes(gap, args.episodes, args.seed + 1000, args.symbols)
             curve = train(model, CueEpisodes(gap, args.batch, args.seed, args.symbols), args.updates, args.lr, test)
             trained = time.perf_counter() - started  # includes the nine intermediate tests (small)
@@ -109,6 +117,7 @@ def main() -> None:
             print(f"{backbone} G={gap}: recall {recall:.3f}, answer {answer:.3f}, train {trained:.0f} s, "
                   f"recall over training {[p['recall'] for p in curve]}", file=sys.stderr, flush=True)
     print(f"\nCue recall in imagination (K={args.symbols}, chance {1 / args.symbols:.3f}; {args.updates} updates of B={args.batch} episodes, reward_scale {args.reward_scale}, "
+          f"free_nats {args.free_nats}, "
           f"{args.episodes} test episodes, seed {args.seed})")
     print("recall (cue decoded from the imagined feedback) / answer (argmax predicted reward), train time")
     print("| backbone | " + " | ".join(f"G={g}" for g in args.gaps) + " |")
