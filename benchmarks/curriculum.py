@@ -13,7 +13,7 @@ teacher: the final and best-over-evaluations mastered percent (mean and min..max
 seeds), the ratio of the mean final mastered percent to random's, and the training
 seconds per run (evaluation excluded) against random's: the teacher's wall overhead.
 
-    python benchmarks/curriculum.py [--seeds 3] [--steps 1000000] [--jobs 2] [--teachers random,alp_gmm]
+    python benchmarks/curriculum.py [--seeds 3] [--first-seed 0] [--steps 1000000] [--jobs 2] [--teachers random,alp_gmm]
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def _spread(values: list[float]) -> str:
 def main() -> None:
     """Run every teacher for every seed and print the table and ratios against random."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="runs per teacher")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--steps", type=int, default=1_000_000, help="env steps per run")
     parser.add_argument("--evals", type=int, default=5, help="test-set evaluations per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
@@ -82,7 +83,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--teachers: {unknown} not allowed (allowed: {', '.join(TEACHERS)})")
     jobs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         shift = seed % len(teachers)
         jobs += [(name, seed) for name in teachers[shift:] + teachers[:shift]]
 
