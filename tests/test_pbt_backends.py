@@ -14,7 +14,10 @@ from pbt_tasks import RaisingTask, SelfKillTask, WriteFileTask
 from lifelong.population.backends import LocalBackend, make_backend
 from lifelong.population.tasks import SegmentResult
 
-TIMEOUT = 60  # seconds; a lost worker must surface as an error well before this, never as a hang
+# Seconds; a lost worker must surface as an error well before this, never as a hang. Generous because
+# the first Ray task starts a worker process that imports torch: on a loaded 2-core machine that took
+# over 60 s once.
+TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
