@@ -399,8 +399,8 @@ def run_episodes(env, policy: Callable[[], torch.Tensor], steps: int) -> tuple[t
     return torch.stack(rewards), first
 
 
-def test_gated_corridor_gates_by_hand():
-    env = make_task("GatedCorridor", 1, seed=0, params=[5 / 31, 0.0])  # target 6, one gate at cell 4
+def test_gated_corridor_gates_by_hand_without_traps():
+    env = make_task("GatedCorridor", 1, seed=0, params=[5 / 31, 0.0], trap_keys=False)  # target 6, gate at 4
     assert env.target_distance(torch.tensor([[5 / 31, 0.0]])).tolist() == [6]
     assert env.gate_keys[1:].tolist() == [1, 0, 1, 0, 0, 1, 0] and env.action_space.n == 4
     obs = env.reset()
@@ -418,6 +418,32 @@ def test_gated_corridor_gates_by_hand():
     env.step(torch.tensor([1]))
     step = env.step(torch.tensor([1]))
     assert step.terminated.item() and step.reward.item() == pytest.approx(1 - 0.5 * 12 / 64)
+
+
+def test_gated_corridor_wrong_key_at_a_closed_gate_sends_the_agent_back_and_closes_every_gate():
+    env = make_task("GatedCorridor", 3, seed=0, params=[13 / 31, 0.0])  # target 14; gates 4 (key 1), 8 (key 0)
+    env.reset()
+    step = env.step(torch.tensor([2, 3, 1]))  # keys turned in cell 0, away from any gate, do nothing
+    assert env.state["position"].tolist() == [0, 0, 1]
+    for _ in range(4):
+        env.step(torch.tensor([1, 1, 1]))
+    assert env.state["position"].tolist() == [4, 4, 4]
+    step = env.step(torch.tensor([3, 3, 3]))  # gate 1 opens for everyone
+    for _ in range(4):
+        step = env.step(torch.tensor([1, 1, 1]))
+    assert env.state["position"].tolist() == [8, 8, 8] and (step.obs[:, 3] == 1).all()
+    step = env.step(torch.tensor([3, 2, 1]))  # wrong key (a trap), right key, blocked move
+    assert env.state["position"].tolist() == [0, 8, 8] and env.state["opened"].tolist() == [0, 6, 2]
+    assert not step.done.any() and (step.reward == 0).all()
+    assert step.obs[:, 2].tolist() == [0.0, 0.25, 0.25] and step.obs[:, 3].tolist() == [0.0, 0.0, 1.0]
+    for _ in range(4):  # env 0 walks back: gate 1 is closed again; env 1 walks on to gate 3
+        step = env.step(torch.tensor([1, 1, 2]))
+    assert env.state["position"].tolist() == [4, 12, 8] and step.obs[:, 3].tolist() == [1.0, 1.0, 0.0]
+    env.step(torch.tensor([1, 3, 1]))
+    env.step(torch.tensor([1, 1, 1]))
+    step = env.step(torch.tensor([1, 1, 1]))
+    assert step.done.tolist() == [False, True, False] and env.state["position"].tolist() == [4, 0, 11]
+    assert step.reward.tolist()[0] == 0.0 and step.reward[1].item() == pytest.approx(1 - 0.5 * 18 / 64)
 
 
 def test_gated_corridor_locked_region_rewards_exactly_zero_whatever_the_policy():
@@ -457,7 +483,7 @@ def test_gated_corridor_test_set_structure():
 
 
 def test_gated_corridor_random_policy_reaches_near_targets_only():
-    """Before the first gate a random walk succeeds most of the time; past four gates practically never."""
+    """Before the first gate a random walk succeeds most of the time; past four gates (traps) practically never."""
     gen = torch.Generator().manual_seed(0)
     rates = []
     for distance in (3 / 31, 16 / 31):  # targets 4 (no gate) and 17 (four gates)
