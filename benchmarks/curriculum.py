@@ -14,6 +14,10 @@ seeds), the ratio of the mean final mastered percent to random's, and the traini
 seconds per run (evaluation excluded) against random's: the teacher's wall overhead.
 
     python benchmarks/curriculum.py [--seeds 3] [--first-seed 0] [--steps 1000000] [--jobs 2] [--teachers random,alp_gmm]
+                                    [--set KEY=VALUE ...]
+
+``--set`` adds config overrides to every run (the student or env settings of an earlier
+table, for example ``--set "env.kwargs={trap_keys: false}" --set agent.gamma=0.8``).
 """
 
 from __future__ import annotations
@@ -34,15 +38,15 @@ CONFIG = ROOT / "configs/ppo_alp_gmm_gated_corridor.yaml"
 TEACHERS = ("random", "alp_gmm", "riac", "covar_gmm", "plr")
 
 
-def run_teacher(teacher: str, seed: int, steps: int, evals: int) -> dict:
-    """Train the PPO student under ``teacher``; return its test-set mastery at every evaluation."""
+def run_teacher(teacher: str, seed: int, steps: int, evals: int, overrides: list[str] = ()) -> dict:
+    """Train the PPO student under ``teacher`` (with config ``overrides``); return its test-set mastery."""
     from lifelong.config import load_config
     from lifelong.run import train
 
     cfg = load_config(CONFIG, [
         f"curriculum.teacher.name={teacher}", f"run.seed={seed}", f"run.total_steps={steps}",
         f"run.eval_every={max(1, steps // evals)}", "run.checkpoint_every=0", "run.progress=false",
-        "run.torch_threads=1", "curriculum.density_every=0",
+        "run.torch_threads=1", "curriculum.density_every=0", *overrides,
     ])
     with tempfile.TemporaryDirectory() as tmp:
         results = train(cfg, f"{tmp}/run")
@@ -70,12 +74,14 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=5, help="test-set evaluations per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--teachers", default=",".join(TEACHERS), help="comma-separated; random is the peer")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run (repeatable)")
     parser.add_argument("--worker", choices=TEACHERS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    extra = ("--steps", str(args.steps), "--evals", str(args.evals))
+    extra = ("--steps", str(args.steps), "--evals", str(args.evals), *(f"--set={o}" for o in args.set))
     if args.worker:
-        print(json.dumps(run_teacher(args.worker, args.seed, args.steps, args.evals)))
+        print(json.dumps(run_teacher(args.worker, args.seed, args.steps, args.evals, args.set)))
         return
 
     teachers = [t for t in args.teachers.split(",") if t]
