@@ -204,7 +204,7 @@ class GatedCorridor(NativeVecEnv):
     instead leave PPO stuck: the MLP's key choice at a new gate copies its neighbour's,
     the trapped episode's return (0) matches the value there, and nothing pushes the
     policy toward the other key (measured: p(right key) below 0.001 at gate 3 after 1M
-    steps, every teacher stuck at 16-32%). The figures of docs/benchmarks.md before
+    steps; every teacher stuck at 16-32%, with the gamma 0.8 student of that time). The figures of docs/benchmarks.md before
     2026-12-01 are without traps (``trap_keys: false``).
 
     A task is mastered when the episode's return is at least ``mastered_return`` (0.5:
