@@ -421,7 +421,7 @@ def test_gated_corridor_gates_by_hand_without_traps():
 
 
 def test_gated_corridor_wrong_key_at_a_closed_gate_sends_the_agent_back_and_closes_every_gate():
-    env = make_task("GatedCorridor", 3, seed=0, params=[13 / 31, 0.0])  # target 14; gates 4 (key 1), 8 (key 0)
+    env = make_task("GatedCorridor", 3, seed=0, params=[13 / 31, 0.0], trap_keys=True)  # target 14; keys 1, 0, 1
     env.reset()
     step = env.step(torch.tensor([2, 3, 1]))  # keys turned in cell 0, away from any gate, do nothing
     assert env.state["position"].tolist() == [0, 0, 1]
@@ -483,7 +483,7 @@ def test_gated_corridor_test_set_structure():
 
 
 def test_gated_corridor_random_policy_reaches_near_targets_only():
-    """Before the first gate a random walk succeeds most of the time; past four gates (traps) practically never."""
+    """Before the first gate a random walk succeeds most of the time; past four gates practically never."""
     gen = torch.Generator().manual_seed(0)
     rates = []
     for distance in (3 / 31, 16 / 31):  # targets 4 (no gate) and 17 (four gates)

@@ -164,17 +164,16 @@ class GatedCorridor(NativeVecEnv):
     ``s, 2s, ...`` below ``D = max_distance`` (``s = gate_spacing``) hold gates: moving
     right out of a gate cell is blocked until the gate's own key is turned there; gate
     ``i``'s key is ``floor(keys * frac(i * 0.618034))`` (a fixed, irregular sequence: a
-    policy that opens gate ``i`` does not know gate ``i + 1``'s key). With ``trap_keys``
-    (the default) turning a wrong key at a closed gate is a trap: the agent is sent back
-    to cell 0 and every gate closes again (the clock runs on); without it the wrong key
-    does nothing and the agent may try again where it stands. Otherwise an open gate
-    stays open, and a key turned anywhere but at a closed gate does nothing. The target
-    is ``d = 1 + round(distance * (D - 1))`` cells to the right. Reaching it ends the
-    episode with reward ``1 - 0.5 * steps / T`` (``T = max_episode_length``, the time
-    limit; at least 0), the only non-zero reward; otherwise the episode is truncated
-    after ``T`` steps with return 0. Observation:
-    ``(target - position) / D``, ``target / D``, ``position / D`` and 1 if standing at a
-    closed gate.
+    policy that opens gate ``i`` does not know gate ``i + 1``'s key). A wrong key does
+    nothing, so the agent may try again where it stands; with ``trap_keys`` it is a
+    trap instead: the agent is sent back to cell 0 and every gate closes again (the
+    clock runs on). An open gate stays open otherwise, and a key turned anywhere but at
+    a closed gate does nothing. The target is ``d = 1 + round(distance * (D - 1))``
+    cells to the right. Reaching it ends the episode with reward ``1 - 0.5 * steps / T``
+    (``T = max_episode_length``, the time limit; at least 0), the only non-zero reward;
+    otherwise the episode is truncated after ``T`` steps with return 0. Observation:
+    ``(target - position) / D``, ``target / D``, ``position / D`` and 1 if standing at
+    a closed gate.
 
     Parameters ``(distance, lock)`` in [0, 1]^2 make three regions:
 
@@ -183,30 +182,25 @@ class GatedCorridor(NativeVecEnv):
       progress there, and unlearnable); ``lock <= 0.8`` changes nothing else;
     * targets before the first gate (``d <= s``, ``distance`` below about 0.1 with the
       defaults): a random walk reaches them often, so they are learnt from scratch;
-    * targets behind ``g`` gates: a uniformly random policy almost never reaches them
-      (measured with the defaults, in 64 steps: 82% of episodes for ``d = 4``, 18% for
-      ``d = 7`` (one gate), 2.3% for ``d = 10``, 0.17% for ``d = 13``, 0.02% for
-      ``d = 17``, none for ``d = 32``). Walking right is not enough either: a policy that
-      walks right and turns a random key at each gate passes ``g`` gates in one go with
-      probability ``2^-g``, and each failure costs the walk back (measured: 91% for
-      ``d = 10``, 59% for ``d = 13``, 30% for ``d = 17``, 2.5% for ``d = 32``). A policy
-      that knows the keys of the first ``g - 1`` gates walks to gate ``g`` and has only
-      that key to find, so each band of distances becomes learnable once the band
-      before it is mastered (PPO with an MLP masters ``d = 7`` in 50k steps, and gets
-      no reward at all for ``d = 32`` trained alone).
+    * targets behind ``g`` gates: a random policy must find every gate's key, so it
+      almost never succeeds past one or two gates (measured with the defaults, in 64
+      steps: 82% of episodes for ``d = 4``, 27% for ``d = 7`` (one gate), 5.5% for
+      ``d = 10``, 0.7% for ``d = 13``, 0.03% for ``d = 17``, none for ``d = 32``), while
+      a policy that has mastered the targets behind ``g - 1`` gates walks to gate ``g``
+      and has only that key to find (PPO with an MLP masters ``d = 7`` in 50k steps, and
+      gets no reward at all for ``d = 32`` trained alone).
 
-    Why the traps: without them a wrong key only costs one step, so a policy that walks
-    right and tries keys at random passes every gate in about two tries: its sampling
-    policy reaches every target while its argmax policy may turn a wrong key forever,
-    training success says little about what was learnt, and the bands stop depending
-    on each other (measured on one ALP-GMM run without traps: after its first 3,000
-    episodes 86-100% of the training episodes in every band reached the target, while
-    the argmax policy mastered 16-32% of the test set). Traps that end the episode
-    instead leave PPO stuck: the MLP's key choice at a new gate copies its neighbour's,
-    the trapped episode's return (0) matches the value there, and nothing pushes the
-    policy toward the other key (measured: p(right key) below 0.001 at gate 3 after 1M
-    steps; every teacher stuck at 16-32% with the student of that time). The figures
-    of docs/benchmarks.md before 2026-12-01 are without traps (``trap_keys: false``).
+    What the traps change: without them a policy that walks right and turns keys at
+    random passes every gate in about two tries, so once a student walks right its
+    sampling policy reaches nearly every target and only its argmax policy (the one
+    the test set measures) depends on having learnt the keys; the bands of distances
+    then hardly depend on each other for training. With traps that walk-and-guess
+    policy passes ``g`` gates in one go with probability ``2^-g`` and each failure
+    costs the walk back (measured over 16,384 episodes of 64 steps: 91% for ``d = 10``,
+    59% for ``d = 13``, 30% for ``d = 17``, 2.5% for ``d = 32``; a uniformly random
+    policy 18%, 2.3%, 0.17%, 0.02% and none for ``d`` = 7, 10, 13, 17, 32), so a band
+    needs the keys of the bands before it. docs/benchmarks.md ("Curriculum teachers")
+    has the teachers' figures both ways.
 
     A task is mastered when the episode's return is at least ``mastered_return`` (0.5:
     the target reached within ``T`` steps). ``test_set()`` is the fixed 50-task
@@ -219,7 +213,7 @@ class GatedCorridor(NativeVecEnv):
     mastered_return = 0.5
 
     def __init__(self, num_envs: int, *, max_distance: int = 32, gate_spacing: int = 4, keys: int = 2,
-                 max_episode_length: int = 64, trap_keys: bool = True, **common) -> None:
+                 max_episode_length: int = 64, trap_keys: bool = False, **common) -> None:
         if int(max_distance) < 1:
             raise ValueError(f"max_distance must be >= 1, got {max_distance}")
         if int(gate_spacing) < 1:
