@@ -16,8 +16,8 @@ seconds per run (evaluation excluded) against random's: the teacher's wall overh
     python benchmarks/curriculum.py [--seeds 3] [--first-seed 0] [--steps 1000000] [--jobs 2] [--teachers random,alp_gmm]
                                     [--set KEY=VALUE ...]
 
-``--set`` adds config overrides to every run (the student or env settings of an earlier
-table, for example ``--set "env.kwargs={trap_keys: false}" --set agent.gamma=0.8``).
+``--set`` adds config overrides to every run (another env variant or student, for example
+``--set "env.kwargs={trap_keys: true}" --set agent.gamma=0.95 --set agent.ent_coef=0.01``).
 """
 
 from __future__ import annotations
