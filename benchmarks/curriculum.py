@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +39,7 @@ CONFIG = ROOT / "configs/ppo_alp_gmm_gated_corridor.yaml"
 TEACHERS = ("random", "alp_gmm", "riac", "covar_gmm", "plr")
 
 
-def run_teacher(teacher: str, seed: int, steps: int, evals: int, overrides: list[str] = ()) -> dict:
+def run_teacher(teacher: str, seed: int, steps: int, evals: int, overrides: Sequence[str] = ()) -> dict:
     """Train the PPO student under ``teacher`` (with config ``overrides``); return its test-set mastery."""
     from lifelong.config import load_config
     from lifelong.run import train
