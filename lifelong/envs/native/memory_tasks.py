@@ -48,26 +48,24 @@ class RepeatPrevious(NativeVecEnv):
         self.k = int(k)
         self.reward_scale = 1.0 / (self.cards - self.k)
         super().__init__(num_envs, one_hot_box(4), spaces.Discrete(4), **common)
+        self._reward = torch.tensor([-self.reward_scale, self.reward_scale], device=self.device)
 
     def initial_state(self, n: int) -> State:
         card, remaining = self.deal_first(n, 4, self.cards // 4)
-        # ring buffer of the last k suits: card c_j lives in slot j % k
-        history = torch.zeros(n, self.k, dtype=torch.uint8, device=self.device)
-        history[:, 0] = card.to(torch.uint8)
+        # the suits of the last k cards, oldest first: column 0 is the next step's target
+        history = torch.zeros(n, self.k, dtype=torch.int64, device=self.device)
+        history[:, -1] = card
         return {"remaining": remaining, "history": history, "obs": one_hot(card, 4)}
 
     def transition(self, state: State, action: torch.Tensor) -> tuple[State, torch.Tensor, torch.Tensor]:
-        t = state["t"]
-        # c_{t+1-k} sits in slot (t+1) % k, the slot the next card overwrites
-        slot = ((t + 1) % self.k).unsqueeze(1)
-        target = state["history"].gather(1, slot).squeeze(1).long()
-        sign = torch.where(action == target, 1.0, -1.0)
-        reward = torch.where(t >= self.k - 1, sign * self.reward_scale, 0.0)
+        t, history = state["t"], state["history"]
+        # at step t the target c_{t+1-k} is the oldest of the last k cards
+        reward = self._reward[(action == history[:, 0]).long()].masked_fill_(t < self.k - 1, 0.0)
         card = self.deal(state["remaining"])
         dealt = one_hot(card, 4)
         new = {
             "remaining": state["remaining"] - dealt,
-            "history": state["history"].scatter(1, slot, card.to(torch.uint8).unsqueeze(1)),
+            "history": torch.cat([history[:, 1:], card.unsqueeze(1)], 1),
             "obs": dealt,
         }
         return new, reward, t >= self.cards - 2
