@@ -43,7 +43,7 @@ def one_hot(index: torch.Tensor, n: int) -> torch.Tensor:
     CPU than comparing against ``arange``, and unlike ``F.one_hot`` it does not check
     the index range, which would wait for the device on every call.
     """
-    rows = _identity(n, index.device).index_select(0, index.reshape(-1))
+    rows = _identity(n, index.device).index_select(0, index.reshape(-1).long())
     return rows.view(*index.shape, n)
 
 

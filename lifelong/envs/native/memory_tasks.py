@@ -53,7 +53,7 @@ class RepeatPrevious(NativeVecEnv):
     def initial_state(self, n: int) -> State:
         card, remaining = self.deal_first(n, 4, self.cards // 4)
         # the suits of the last k cards, oldest first: column 0 is the next step's target
-        history = torch.zeros(n, self.k, dtype=torch.int64, device=self.device)
+        history = torch.zeros(n, self.k, dtype=torch.uint8, device=self.device)
         history[:, -1] = card
         return {"remaining": remaining, "history": history, "obs": one_hot(card, 4)}
 
@@ -65,7 +65,7 @@ class RepeatPrevious(NativeVecEnv):
         dealt = one_hot(card, 4)
         new = {
             "remaining": state["remaining"] - dealt,
-            "history": torch.cat([history[:, 1:], card.unsqueeze(1)], 1),
+            "history": torch.cat([history[:, 1:], card.to(torch.uint8).unsqueeze(1)], 1),
             "obs": dealt,
         }
         return new, reward, t >= self.cards - 2
