@@ -21,7 +21,7 @@ reward). Chance is 1/K. The model never sees an observation after the cue, so ei
 only come from what the backbone carried.
 
     python benchmarks/world_model_memory.py [--gaps 32 128 512] [--backbones gru s5 transformer]
-        [--updates 300] [--episodes 128] [--symbols 4] [--free-nats 1.0] [--seed 0]
+        [--updates 300] [--episodes 128] [--symbols 4] [--free-nats 1.0] [--rep-scale 0.1] [--seed 0]
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ POSTERIOR = {"gru-nr": "nonrecurrent"}  # every other entry uses its backbone's 
 
 
 def make_model(backbone: str, seed: int, reward_scale: float = 1.0, symbols: int = SYMBOLS,
-               free_nats: float = 1.0) -> LatentWorldModel:
+               free_nats: float = 1.0, rep_scale: float = 0.1) -> LatentWorldModel:
     """A tiny world model on ``backbone``."""
     torch.manual_seed(seed)
     raw = {"size": "tiny", "stoch": 16, "classes": 16, "backbone": BACKBONES[backbone], "reward_scale": reward_scale,
-           "free_nats": free_nats, "posterior": POSTERIOR.get(backbone, "auto")}
+           "free_nats": free_nats, "rep_scale": rep_scale, "posterior": POSTERIOR.get(backbone, "auto")}
     return LatentWorldModel((symbols + 1,), symbols, build(LatentWorldModelConfig, raw))
 
 
@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--reward-scale", type=float, default=1.0, help="world_model.reward_scale")
     parser.add_argument("--free-nats", type=float, default=1.0,
                         help="world_model.free_nats (the cue is worth only log K nats; 1.0 is DreamerV3's)")
+    parser.add_argument("--rep-scale", type=float, default=0.1,
+                        help="world_model.rep_scale, the representation KL's weight (0.1 is DreamerV3's)")
     parser.add_argument("--symbols", type=int, default=SYMBOLS, help="K, the number of cues (chance is 1/K)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--glibc-malloc-defaults", action="store_true",
@@ -107,7 +109,8 @@ def main() -> None:
         results[backbone] = {}
         for gap in args.gaps:
             started = time.perf_counter()
-            model = make_model(backbone, args.seed, args.reward_scale, args.symbols, args.free_nats)
+            model = make_model(backbone, args.seed, args.reward_scale, args.symbols, args.free_nats,
+                               args.rep_scale)
             test = CueEpisodes(gap, args.episodes, args.seed + 1000, args.symbols)
             curve = train(model, CueEpisodes(gap, args.batch, args.seed, args.symbols), args.updates, args.lr, test)
             trained = time.perf_counter() - started  # includes the nine intermediate tests (small)
@@ -117,7 +120,7 @@ def main() -> None:
             print(f"{backbone} G={gap}: recall {recall:.3f}, answer {answer:.3f}, train {trained:.0f} s, "
                   f"recall over training {[p['recall'] for p in curve]}", file=sys.stderr, flush=True)
     print(f"\nCue recall in imagination (K={args.symbols}, chance {1 / args.symbols:.3f}; {args.updates} updates of B={args.batch} episodes, reward_scale {args.reward_scale}, "
-          f"free_nats {args.free_nats}, "
+          f"free_nats {args.free_nats}, rep_scale {args.rep_scale}, "
           f"{args.episodes} test episodes, seed {args.seed})")
     print("recall (cue decoded from the imagined feedback) / answer (argmax predicted reward), train time")
     print("| backbone | " + " | ".join(f"G={g}" for g in args.gaps) + " |")
