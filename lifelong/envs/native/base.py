@@ -62,7 +62,8 @@ def draw_cards(remaining: torch.Tensor, generator: torch.Generator) -> torch.Ten
     counts = remaining.cumsum(-1)
     # float64 uniforms have 53 bits, so floor(u * total) is uniform on 0..total-1 to ~1e-13
     u = torch.rand((remaining.shape[0], 1), generator=generator, device=remaining.device, dtype=torch.float64)
-    r = u.mul_(counts[:, -1:]).floor_().to(counts.dtype)  # whole numbers: exact in float32
+    # counts[:, -1] is the total; floor(u * total) is a whole number, exact in float32
+    r = u.mul_(counts[:, -1:]).floor_().to(counts.dtype)
     # the category is the number of cumulative counts <= r
     category = torch.searchsorted(counts, r, right=True).squeeze_(1)
     # an empty deck (never dealt from by the tasks) must not produce an out-of-range index
