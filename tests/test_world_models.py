@@ -604,25 +604,29 @@ def test_every_registered_backbone_is_covered():
 
 
 @pytest.mark.slow
-def test_gru_world_model_recalls_a_cue_in_imagination():
-    """Trained on random-action CueRecall episodes, the prior alone carries the cue across the gap.
+def test_gru_world_model_recalls_and_answers_a_cue_in_imagination():
+    """Trained on random-action CueRecall episodes, the prior alone carries the cue and the reward its answer.
 
-    After observing only the cue step, the model imagines the gap, the query and the answer
-    open-loop and decodes the feedback observation that shows the cue: chance is 0.25.
-    Calibration (benchmarks/world_model_memory.py protocol, one core): at G=2 seeds 0-3 reach 1.0
-    by 900 updates; G=4 needs 3k-4.5k (0.80 at 4k with this seed), G=32 5k and more (docs).
+    After observing only the cue step, the model imagines the gap, the query and each answer
+    open-loop: recall decodes the feedback observation that shows the cue, answer asks that
+    the true cue's answer gets the highest predicted reward (chance 0.25 for both). Without
+    the representation KL (rep_scale 0, as the docs advise for memory tasks). Calibration
+    (this protocol, one core): seeds 0-3 hold 1.00/1.00 from 600-750 updates to 1,500. With
+    latent and action embedded by one Dense layer (before LatentActionInput) the answer
+    stayed at 0.44-0.76 through 1,050 updates on seeds 0 and 1: the GRU's state hardly moved
+    with the action.
     """
-    gap, updates = 2, 1500
+    gap, updates = 2, 1050
     torch.manual_seed(0)
-    raw = {"size": "tiny", "stoch": 16, "classes": 16, "backbone": {"name": "gru", "hidden": 128}}
+    raw = {"size": "tiny", "stoch": 16, "classes": 16, "backbone": {"name": "gru", "hidden": 128}, "rep_scale": 0.0}
     model = LatentWorldModel((5,), 4, build(LatentWorldModelConfig, raw))
     data, test = CueEpisodes(gap, 16, seed=0), CueEpisodes(gap, 256, seed=1000)
     optimizer = FlatAdam(model.parameters(), lr=1e-3, max_grad_norm=1000.0)
-    before, _ = cue_recall_scores(model, test)
+    before = cue_recall_scores(model, test)
     for _ in range(updates):
         loss = model.compute_loss(data.sample()).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    recall, _ = cue_recall_scores(model, test)
-    assert before < 0.5 and recall >= 0.9, (before, recall)
+    recall, answer = cue_recall_scores(model, test)
+    assert max(before) < 0.5 and recall >= 0.9 and answer >= 0.9, (before, recall, answer)

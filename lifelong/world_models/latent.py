@@ -4,7 +4,7 @@ Per step ``t`` (time-first tensors ``[T, B, ...]``)::
 
     e_t   = enc(obs_t)                                   # MLP on symlog(obs), or a CNN on images
     x_t   = first_input                     if is_first_t
-            Dense([z_{t-1}, a_{t-1}])       otherwise    # a_{t-1} is also zeroed where is_first_t
+            [Dense(z_{t-1}), Dense(a_{t-1})] otherwise   # a_{t-1} is also zeroed where is_first_t
     h_t   = backbone(x_t, state, is_first_t)             # the Memory module (gru, s5, transformer, ...)
     prior p(z_t | h_t);  posterior q(z_t | h_t, e_t) (recurrent) or q(z_t | e_t) (nonrecurrent)
     feat_t = [h_t, z_t];  heads: decoder(obs_t), reward, continue
@@ -18,8 +18,8 @@ is R2I's and S4WM's design and the reason to choose it for those backbones.
 
 **Learned initial state.** A reset gives the backbone its own fresh state (zeros); what is
 learned is the first input: at ``is_first`` steps the backbone consumes the learned vector
-``first_input`` instead of ``Dense([z_{t-1}, a_{t-1}])`` (which would carry the previous
-episode). ``h_0 = backbone(fresh, first_input)`` is therefore a learned initial feature for
+``first_input`` instead of the embedding of ``(z_{t-1}, a_{t-1})`` (which would carry the
+previous episode). ``h_0 = backbone(fresh, first_input)`` is therefore a learned initial feature for
 every backbone, playing the part of DreamerV3's learned deter init (``tanh(W)`` passed
 through the first GRU step) and R2I's learned initial SSM state.
 
@@ -39,8 +39,8 @@ ends there.
 **Episode ends.** When an episode ends with action[t] (terminated or truncated), obs[t+1] is
 already the next episode's first observation and the true last observation is
 ``final_obs[t]``. The model never predicts across ``is_first``. Instead, each end gets one
-*terminal step*: the backbone state after step t consumes ``Dense([z_t, action[t]])`` without
-a reset, the posterior sees ``final_obs[t]``, and that step is trained like any other
+*terminal step*: the backbone state after step t consumes the embedding of ``(z_t,
+action[t])`` without a reset, the posterior sees ``final_obs[t]``, and that step is trained like any other
 (decoder on ``final_obs[t]``, KL) and carries the reward/continue targets ``reward[t]`` and
 ``1 - terminated[t]``. This is exactly the extra terminal row DreamerV3's replay stores
 (``is_last``), computed beside the sequence so that batches stay rectangular and the carried
@@ -57,6 +57,13 @@ KL balancing: ``dyn = max(free_nats, KL(sg(post) || prior))`` and ``rep = max(fr
 KL(post || sg(prior)))`` per step (KL summed over the latents), averaged over steps; total
 ``dyn_scale * dyn + rep_scale * rep``. Defaults are the DreamerV3 paper's 0.5 / 0.1 (the
 current reference code uses 1.0 / 0.1; set ``dyn_scale: 1.0`` for that).
+
+**Backbone input.** ``z_{t-1}`` and ``a_{t-1}`` get separate embeddings (Dense -> LayerNorm
+-> SiLU, half the width each), concatenated, as in DreamerV3's current RSSM code. With one
+Dense over the concatenation the action is one active input in ``stoch + 1`` and its share
+of ``x_t`` is small: a GRU backbone then changes its state by about 0.005 between the 4
+answers of the cue-recall task, and its reward head never learns that the answer's reward
+depends on the action (see docs/benchmarks.md, "World models: cue recall").
 
 Differences from DreamerV3 on purpose: the GRU backbone is torch's fused GRU (not the
 LayerNorm block GRU of the reference); backbone widths come from the backbone config, the
@@ -96,6 +103,21 @@ RECURRENT_POSTERIOR_BACKBONES = ("gru", "lstm")
 
 LatentState = tuple  # (backbone state, stoch [B, stoch*classes] of the last step)
 Policy = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LatentActionInput(nn.Module):
+    """Backbone input ``[Dense(z), Dense(a)]``: latent and action embedded separately, ``width`` units in all."""
+
+    def __init__(self, stoch_dim: int, action_dim: int, width: int) -> None:
+        super().__init__()
+        if width < 2:
+            raise ValueError(f"world_model.hidden: {width} is too small for the backbone input (at least 2)")
+        self.stoch = dense([stoch_dim, width // 2])
+        self.action = dense([action_dim, width - width // 2])
+
+    def forward(self, stoch: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``[..., width]`` from ``stoch [..., S*C]`` and ``action [..., A]``."""
+        return torch.cat([self.stoch(stoch), self.action(action)], -1)
 
 
 @dataclass
@@ -191,7 +213,7 @@ class LatentWorldModel(nn.Module):
             embed_dim = self.encoder.output_dim
         else:
             self.encoder, embed_dim = _trunk(self.obs_shape[0], hidden, layers)
-        self.input_layer = dense([self.stoch_dim + self.action_dim, hidden])
+        self.input_layer = LatentActionInput(self.stoch_dim, self.action_dim, hidden)
         self.first_input = nn.Parameter(torch.zeros(hidden))
         make_backbone = MEMORY.get(cfg.backbone.name, "backbone.name").factory
         self.backbone: Memory = make_backbone(hidden, cfg.backbone)
@@ -269,7 +291,7 @@ class LatentWorldModel(nn.Module):
     def _inputs(self, stoch_prev: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """Backbone inputs ``[T, B, hidden]``: ``Dense([z_{t-1}, a_{t-1}])``, the learned first input where is_first."""
         first = is_first.unsqueeze(-1)
-        x = self.input_layer(torch.cat([stoch_prev, prev_action.masked_fill(first, 0.0)], -1))
+        x = self.input_layer(stoch_prev, prev_action.masked_fill(first, 0.0))
         return torch.where(first, self.first_input, x)
 
     def prior_features(self, posterior: dict[str, torch.Tensor], sample: bool = False) -> torch.Tensor:
@@ -350,7 +372,7 @@ class LatentWorldModel(nn.Module):
         end = terminal.end.long()
         lane_of = ((end.cumsum(0) - end) % 2)[terminal.time, terminal.env]  # ends of an env alternate lanes
         lanes = 2 if bool((end.sum(0) >= 2).any()) else 1
-        x_term = self.input_layer(torch.cat([stoch[terminal.time, terminal.env], terminal.action], -1))
+        x_term = self.input_layer(stoch[terminal.time, terminal.env], terminal.action)
         x_lanes, first_lanes = [], []
         for lane in range(lanes):
             mine = lane_of == lane
@@ -406,7 +428,7 @@ class LatentWorldModel(nn.Module):
         envs = terminal.env[mine]
         action = torch.zeros(stoch_prev.shape[0], self.action_dim, dtype=stoch_prev.dtype, device=stoch_prev.device)
         action = action.index_put((envs,), terminal.action[mine])
-        x = self.input_layer(torch.cat([stoch_prev, action], -1)).unsqueeze(0)
+        x = self.input_layer(stoch_prev, action).unsqueeze(0)
         no_reset = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
         deter, _ = self.backbone(x, memory, no_reset)
         return deter[0, envs]
@@ -568,7 +590,7 @@ class LatentWorldModel(nn.Module):
         for _ in range(horizon):
             action = policy(feat)
             actions.append(action)
-            x = self.input_layer(torch.cat([stoch, action.to(stoch.dtype)], -1)).unsqueeze(0)
+            x = self.input_layer(stoch, action.to(stoch.dtype)).unsqueeze(0)
             h, memory = self.backbone(x, memory, no_reset)
             deter = h[0]
             stoch = self._sample(self._log_probs(self.prior_head(deter)), sample)
