@@ -289,7 +289,7 @@ class LatentWorldModel(nn.Module):
         return straight_through_sample(log_probs, sample).flatten(-2)
 
     def _inputs(self, stoch_prev: torch.Tensor, prev_action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
-        """Backbone inputs ``[T, B, hidden]``: ``Dense([z_{t-1}, a_{t-1}])``, the learned first input where is_first."""
+        """Backbone inputs ``[T, B, hidden]``: embedded ``(z_{t-1}, a_{t-1})``, or the learned first input."""
         first = is_first.unsqueeze(-1)
         x = self.input_layer(stoch_prev, prev_action.masked_fill(first, 0.0))
         return torch.where(first, self.first_input, x)
