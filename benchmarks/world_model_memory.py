@@ -18,7 +18,10 @@ of the run): observe only the cue step, roll the *prior* open-loop through the g
 query and each of the K answers, and score ``recall`` (the cue decoded from the imagined
 feedback observation) and ``answer`` (the true cue's answer has the highest predicted
 reward). Chance is 1/K. The model never sees an observation after the cue, so either can
-only come from what the backbone carried.
+only come from what the backbone carried. ``query_recall`` and ``query_answer`` are the
+same scores when the model also observes the query step after the imagined gap
+(``observe_query``): they need the cue carried through the imagined gap but not the
+query's time predicted, so the two pairs tell a memory failure from a miscounted gap.
 
     python benchmarks/world_model_memory.py [--gaps 32 128 512] [--backbones gru s5 transformer]
         [--updates 300] [--episodes 128] [--symbols 4] [--free-nats 1.0] [--rep-scale 0.1] [--seed 0]
@@ -52,6 +55,7 @@ BACKBONES = {
     "ffm": {"name": "ffm", "hidden": WIDTH},
 }
 
+SCORES = ("recall", "answer", "query_recall", "query_answer")
 POSTERIOR = {"gru-nr": "nonrecurrent"}  # every other entry uses its backbone's default ("auto")
 
 
@@ -78,6 +82,7 @@ def train(model: LatentWorldModel, data: CueEpisodes, updates: int, lr: float,
             point = {"update": i + 1, "reward_loss": round(float(out.metrics["wm_reward"]), 4)}
             if test is not None:
                 point["recall"], point["answer"] = cue_recall_scores(model, test)
+                point["query_recall"], point["query_answer"] = cue_recall_scores(model, test, observe_query=True)
             curve.append(point)
     return curve
 
@@ -114,20 +119,24 @@ def main() -> None:
             test = CueEpisodes(gap, args.episodes, args.seed + 1000, args.symbols)
             curve = train(model, CueEpisodes(gap, args.batch, args.seed, args.symbols), args.updates, args.lr, test)
             trained = time.perf_counter() - started  # includes the nine intermediate tests (small)
-            recall, answer = curve[-1]["recall"], curve[-1]["answer"]
-            results[backbone][gap] = {"recall": recall, "answer": answer, "train_s": round(trained, 1),
+            last = curve[-1]
+            results[backbone][gap] = {**{key: last[key] for key in SCORES}, "train_s": round(trained, 1),
                                       "curve": curve}
-            print(f"{backbone} G={gap}: recall {recall:.3f}, answer {answer:.3f}, train {trained:.0f} s, "
-                  f"recall over training {[p['recall'] for p in curve]}", file=sys.stderr, flush=True)
+            print(f"{backbone} G={gap}: recall {last['recall']:.3f}, answer {last['answer']:.3f}, "
+                  f"with the query observed {last['query_recall']:.3f} / {last['query_answer']:.3f}, "
+                  f"train {trained:.0f} s, recall over training {[p['recall'] for p in curve]}",
+                  file=sys.stderr, flush=True)
     print(f"\nCue recall in imagination (K={args.symbols}, chance {1 / args.symbols:.3f}; {args.updates} updates of B={args.batch} episodes, reward_scale {args.reward_scale}, "
           f"free_nats {args.free_nats}, rep_scale {args.rep_scale}, "
           f"{args.episodes} test episodes, seed {args.seed})")
-    print("recall (cue decoded from the imagined feedback) / answer (argmax predicted reward), train time")
+    print("recall (cue decoded from the imagined feedback) / answer (argmax predicted reward); the same with the "
+          "query step observed; train time")
     print("| backbone | " + " | ".join(f"G={g}" for g in args.gaps) + " |")
     print("|---|" + "---|" * len(args.gaps))
     for backbone, row in results.items():
-        print(f"| {backbone} | " + " | ".join(f"{row[g]['recall']:.2f} / {row[g]['answer']:.2f} ({row[g]['train_s']:.0f} s)"
-                                              for g in args.gaps) + " |")
+        print(f"| {backbone} | " + " | ".join(
+            f"{row[g]['recall']:.2f} / {row[g]['answer']:.2f}; query observed {row[g]['query_recall']:.2f} / "
+            f"{row[g]['query_answer']:.2f} ({row[g]['train_s']:.0f} s)" for g in args.gaps) + " |")
     print(json.dumps(results))
 
 

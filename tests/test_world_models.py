@@ -549,6 +549,27 @@ def test_imagination_from_start_states_continues_the_posterior(backbone):
     torch.testing.assert_close(trajectory["feat"][0], torch.cat([out.posterior["feat"][t] for t in times]))
 
 
+@pytest.mark.parametrize("backbone", ["gru", "s5", "transformer"])
+def test_imagination_resumes_from_its_returned_memory(backbone):
+    model = make_model(backbone)
+    data = random_batch(5, 3, seed=11)
+    with torch.no_grad():
+        out = model.compute_loss(data, sample=False)
+    start = model.start_states(out.posterior, out.initial_state, [4])
+    actions = torch.randn(6, 3, ACT_DIM, generator=torch.Generator().manual_seed(3))
+
+    def replay(offset: int):
+        steps = iter(range(offset, actions.shape[0]))
+        return lambda feat: actions[next(steps)]
+
+    whole = model.imagine(replay(0), start, horizon=5, sample=False)
+    first = model.imagine(replay(0), start, horizon=2, sample=False)
+    middle = {"memory": first["memory"], **{key: first[key][2] for key in ("deter", "stoch", "feat")}}
+    rest = model.imagine(replay(2), middle, horizon=3, sample=False)
+    torch.testing.assert_close(rest["deter"], whole["deter"][2:], **TOL)
+    torch.testing.assert_close(rest["stoch"], whole["stoch"][2:], **TOL)
+
+
 def test_imagination_is_differentiable_in_the_policy():
     model = make_model("s5")
     data = random_batch(6, 2, seed=9)
@@ -630,3 +651,6 @@ def test_gru_world_model_recalls_and_answers_a_cue_in_imagination():
         optimizer.step()
     recall, answer = cue_recall_scores(model, test)
     assert max(before) < 0.5 and recall >= 0.9 and answer >= 0.9, (before, recall, answer)
+    # The same with the query step observed after the imagined gap (the cue still comes only through the gap).
+    query_recall, query_answer = cue_recall_scores(model, test, observe_query=True)
+    assert query_recall >= 0.9 and query_answer >= 0.9, (query_recall, query_answer)

@@ -9,6 +9,13 @@ for every possible answer. Two scores, chance ``1 / K``:
   prior carried across the gap.
 * ``answer``: the true cue's answer gets the highest predicted reward among the K answers.
 
+With ``observe_query`` the model also observes the query step: the gap is imagined as
+above, then the posterior of the true query observation is taken from the imagined state
+and the K answers are imagined from there. The cue can still only come through the
+imagined gap (the query observation does not show it), but the model no longer has to
+predict *when* the query comes, which the open-loop scores also demand: a model that
+carries the cue but miscounts the G blank steps imagines no query, and so no feedback.
+
 Used by ``benchmarks/world_model_memory.py`` and the slow learning test.
 """
 
@@ -57,26 +64,38 @@ class CueEpisodes:
 
 
 @torch.no_grad()
-def cue_recall_scores(model: LatentWorldModel, data: CueEpisodes) -> tuple[float, float]:
-    """``(recall, answer)`` accuracies of ``model`` imagined from the cue step alone, on one fresh batch of ``data``."""
+def cue_recall_scores(model: LatentWorldModel, data: CueEpisodes, observe_query: bool = False) -> tuple[float, float]:
+    """``(recall, answer)`` accuracies of ``model`` imagined from the cue step (and the query step if ``observe_query``)."""
     batch = data.sample()
     gap, n, k = data.gap, data.n, data.symbols
     device = model.first_input.device
     batch = {key: value.to(device) for key, value in batch.items()}
+    state = model.initial_state(n, device)
     posterior, _ = model.observe(batch["obs"][:1], torch.zeros(1, n, k, device=device), batch["is_first"][:1],
-                                 sample=False)
-    start = model.start_states(posterior, model.initial_state(n, device))
+                                 state, sample=False)
+    start = model.start_states(posterior, state)
+    actions = batch["action"]  # action t is taken at step t; step G+1 is the query, its action the answer
+    if observe_query:
+        steps = iter(range(gap + 1))
+        gap_trip = model.imagine(lambda feat: actions[next(steps)], start, gap, sample=False)
+        state = (gap_trip["memory"], gap_trip["stoch"][gap])
+        query = gap + 1
+        no_reset = torch.zeros(1, n, dtype=torch.bool, device=device)
+        posterior, _ = model.observe(batch["obs"][query:query + 1], actions[gap:gap + 1], no_reset, state,
+                                     sample=False)
+        start, actions = model.start_states(posterior, state), actions[query:]
+    # Row a * n + b: episode b answering symbol a. The last action before the feedback is the answer.
     start = {"memory": model.backbone.concat_states([start["memory"]] * k),
              **{key: start[key].repeat(k, 1) for key in ("deter", "stoch", "feat")}}
-    # Row a * n + b: episode b answering symbol a. Actions 0..G are the episode's; action G+1 is the answer.
-    actions = batch["action"].repeat(1, k, 1)
-    actions[gap + 1] = F.one_hot(torch.arange(k, device=device).repeat_interleave(n), k).float()
-    step = iter(range(gap + 3))
+    horizon = actions.shape[0]
+    actions = actions.repeat(1, k, 1)
+    actions[-1] = F.one_hot(torch.arange(k, device=device).repeat_interleave(n), k).float()
+    step = iter(range(horizon + 1))
 
     def policy(feat: torch.Tensor) -> torch.Tensor:
-        return actions[min(next(step), gap + 1)]
+        return actions[min(next(step), horizon - 1)]
 
-    final = model.imagine(policy, start, gap + 2, sample=False)["feat"][gap + 2]  # after the answer
+    final = model.imagine(policy, start, horizon, sample=False)["feat"][horizon]  # after the answer
     cue = batch["cue"]
     feedback = model.decode(final)[:, :k].argmax(-1).view(k, n)
     reward = model.predict_reward(final).view(k, n)
