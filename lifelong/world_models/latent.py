@@ -580,7 +580,8 @@ class LatentWorldModel(nn.Module):
         Returns ``feat``, ``deter``, ``stoch`` and ``action``, each ``[H+1, N, ...]``: state 0 is
         the start, ``action[k]`` is taken at state k and leads to state k+1 (``action[H]`` is the
         policy's action at the last state); also ``memory``, the backbone state at state H
-        (``(memory, stoch[H])`` is the ``LatentState`` to ``observe`` on from there). The reward and continuation of ``action[k]`` are
+        (``(memory, stoch[H])`` is the ``LatentState`` to ``observe`` on from there). The
+        reward and continuation of ``action[k]`` are
         ``predict_reward(feat[k+1])`` and ``predict_continue(feat[k+1])``, i.e. the
         ``reward[k]``/``cont[k]`` of ``lambda_returns`` with ``value[k] = V(feat[k])``.
         Differentiable through actions and dynamics; the backbone steps with T=1.
