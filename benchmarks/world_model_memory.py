@@ -118,7 +118,7 @@ def main() -> None:
                                args.rep_scale)
             test = CueEpisodes(gap, args.episodes, args.seed + 1000, args.symbols)
             curve = train(model, CueEpisodes(gap, args.batch, args.seed, args.symbols), args.updates, args.lr, test)
-            trained = time.perf_counter() - started  # includes the nine intermediate tests (small)
+            trained = time.perf_counter() - started  # includes the ten tests during training
             last = curve[-1]
             results[backbone][gap] = {**{key: last[key] for key in SCORES}, "train_s": round(trained, 1),
                                       "curve": curve}
