@@ -297,6 +297,27 @@ def test_transformer_gates_start_near_identity():
     assert ((out - h).norm() / h.norm()) < 0.5 and kv.shape == (T, B, 32)
 
 
+def fresh_layer_change(gate_bias: float) -> float:
+    """Relative change of the stream by one fresh layer of a transformer built with ``gate_bias``."""
+    from lifelong.memory.transformer import BandMask
+
+    core = make("transformer", layers=1, gate_bias=gate_bias)
+    x, first = inputs(T), torch.ones(T, B, dtype=torch.bool)
+    h = core.embed(x)
+    mask = BandMask(torch.zeros(WINDOW, B, dtype=torch.bool), first, WINDOW)
+    out, _ = core.layers[0](h, torch.zeros(WINDOW, B, 32), mask)
+    return float(((out - h).norm() / h.norm()).detach())
+
+
+def test_transformer_gate_bias_sets_how_open_a_fresh_layer_is():
+    """``gate_bias`` reaches both gates of every layer; 0 lets a fresh layer change the stream much more than 2."""
+    core = make("transformer", gate_bias=0.5)
+    for layer in core.layers:
+        assert torch.equal(layer.gate_attn.update_bias, torch.full((16,), 0.5))
+        assert torch.equal(layer.gate_ff.update_bias, torch.full((16,), 0.5))
+    assert fresh_layer_change(0.0) > 2 * fresh_layer_change(2.0)
+
+
 @pytest.mark.parametrize("name", CORES)
 def test_every_parameter_gets_a_gradient(name):
     """Training signal reaches all weights (HCAM's key projections through the query side)."""

@@ -6,7 +6,11 @@ residual connections::
     y = MHA(LN(h) -> [cache, LN(h)]);   h = gate1(h, relu(y))
     z = FF(LN(h));                      h = gate2(h, relu(z))
 
-The gate bias starts at 2 so a fresh layer is close to the identity map.
+The gate bias (``gate_bias``, GTrXL's 2 by default) starts a fresh layer close to the
+identity map, which steadies early RL training. It also scales the attention path at
+init by ``sigmoid(-gate_bias)`` (0.12 at 2) per layer; a world model that must learn to look
+up one step among many trains its backbone with ``gate_bias: 0`` (docs/benchmarks.md,
+"World models: cue recall").
 
 Cache (the recurrent state, env dimension 1): for every layer the attention keys and values
 of the last ``window`` steps, ``[window, B, 2 * d_model]`` (so a step costs one projection,
@@ -57,6 +61,9 @@ class TransformerConfig:
     layers: int = setting(2, "Transformer layers.", low=1)
     window: int = setting(64, "Past steps each layer attends to (cache length per layer).", low=1)
     ff: int = setting(0, "Feed-forward hidden width; 0 means 4 * d_model.", low=0)
+    gate_bias: float = setting(
+        2.0, "Initial bias of the GTrXL update gates: 2 (GTrXL's) starts each layer near the identity; "
+             "0 opens the attention path at init (what a world-model backbone needs to learn long lookups).")
 
     def validate(self, prefix: str) -> None:
         """Reject a head count that does not divide d_model."""
@@ -134,7 +141,7 @@ class BandMask:
 class GTrXLLayer(nn.Module):
     """One gated transformer-XL layer attending over ``[cache, sequence]`` with a band mask."""
 
-    def __init__(self, d: int, heads: int, ff: int, window: int) -> None:
+    def __init__(self, d: int, heads: int, ff: int, window: int, gate_bias: float = 2.0) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, d // heads
         self.norm_attn = nn.LayerNorm(d)
@@ -142,10 +149,10 @@ class GTrXLLayer(nn.Module):
         self.key_value = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, d)
         self.relative_bias = nn.Parameter(torch.zeros(heads, window + 1))
-        self.gate_attn = GRUGate(d)
+        self.gate_attn = GRUGate(d, gate_bias)
         self.norm_ff = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Linear(ff, d))
-        self.gate_ff = GRUGate(d)
+        self.gate_ff = GRUGate(d, gate_bias)
 
     def forward(self, h: torch.Tensor, cache: torch.Tensor, mask: BandMask) -> tuple[torch.Tensor, torch.Tensor]:
         """Transform ``h [T,B,d]`` given this layer's cached keys/values ``[window,B,2d]``; also return the new ones."""
@@ -187,7 +194,9 @@ class TransformerMemory(Memory):
         self.output_dim = d
         self.embed = nn.Linear(input_dim, d)
         ff = cfg.ff or 4 * d
-        self.layers = nn.ModuleList(GTrXLLayer(d, cfg.heads, ff, cfg.window) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            GTrXLLayer(d, cfg.heads, ff, cfg.window, cfg.gate_bias) for _ in range(cfg.layers)
+        )
         self.norm_out = nn.LayerNorm(d)
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
