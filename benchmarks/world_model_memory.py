@@ -50,7 +50,9 @@ BACKBONES = {
     "gru": {"name": "gru", "hidden": WIDTH},
     "gru-nr": {"name": "gru", "hidden": WIDTH},  # with the nonrecurrent posterior (POSTERIOR)
     "s5": {"name": "s5", "d_model": WIDTH, "state_size": WIDTH // 2, "layers": 2},
-    "transformer": {"name": "transformer", "d_model": WIDTH, "heads": 4, "layers": 2, "window": 64},
+    # gate_bias 0: with GTrXL's 2 the attention path starts too weak to learn the lookup (transformer-b2)
+    "transformer": {"name": "transformer", "d_model": WIDTH, "heads": 4, "layers": 2, "window": 64, "gate_bias": 0.0},
+    "transformer-b2": {"name": "transformer", "d_model": WIDTH, "heads": 4, "layers": 2, "window": 64},
     "lstm": {"name": "lstm", "hidden": WIDTH},
     "ffm": {"name": "ffm", "hidden": WIDTH},
 }
