@@ -22,9 +22,14 @@ T = 40  # several windows / FIFO turnovers (capacity * chunk = 12 steps)
 def make(name: str, **overrides):
     """A small core of either kind, seeded."""
     torch.manual_seed(0)
-    if name == "transformer":
-        cfg = TransformerConfig(**{"d_model": 16, "heads": 2, "layers": 2, "window": WINDOW, **overrides})
-        return TransformerMemory(D_IN, cfg)
+    if name in ("transformer", "transformer-pos"):
+        cfg = TransformerConfig(**{"d_model": 16, "heads": 2, "layers": 2, "window": WINDOW,
+                                   "episode_position": name == "transformer-pos", **overrides})
+        core = TransformerMemory(D_IN, cfg)
+        if core.position is not None:
+            with torch.no_grad():  # a trained-looking table (it starts at zero), so the index matters
+                core.position.weight.normal_()
+        return core
     cfg = HCAMConfig(**{"d_model": 16, "heads": 2, "layers": 2, "chunk_size": CHUNK, "capacity": CAPACITY,
                         "top_k": TOP_K, **overrides})
     return HCAMMemory(D_IN, cfg)
@@ -68,20 +73,22 @@ def assert_states_close(a, b):
             assert torch.equal(u, v)
 
 
-CORES = ["transformer", "hcam"]
+CORES = ["transformer", "transformer-pos", "hcam"]
 CACHED = {name: make(name) for name in CORES}  # shared by the property test (no training happens)
 
 
 @pytest.mark.parametrize("name", CORES)
 def test_registered_with_config_and_output_dim(name):
     """Both cores are built from YAML keys through the registry and report their width."""
-    cfg = load_config(ROOT / "configs/ppo_cartpole.yaml", [f"agent.memory={{name: {name}, d_model: 32, heads: 4}}"])
-    core = MEMORY.get(name).factory(7, cfg.agent.memory)
+    base, extra = name.removesuffix("-pos"), ", episode_position: true" if name.endswith("-pos") else ""
+    cfg = load_config(ROOT / "configs/ppo_cartpole.yaml",
+                      [f"agent.memory={{name: {base}, d_model: 32, heads: 4{extra}}}"])
+    core = MEMORY.get(base).factory(7, cfg.agent.memory)
     assert core.recurrent and core.output_dim == 32
     y, _ = core(torch.randn(3, 2, 7), core.initial_state(2, "cpu"), torch.ones(3, 2, dtype=torch.bool))
     assert y.shape == (3, 2, 32)
     with pytest.raises(ConfigError, match="heads"):
-        load_config(ROOT / "configs/ppo_cartpole.yaml", [f"agent.memory={{name: {name}, d_model: 30, heads: 4}}"])
+        load_config(ROOT / "configs/ppo_cartpole.yaml", [f"agent.memory={{name: {base}, d_model: 30, heads: 4}}"])
 
 
 @pytest.mark.parametrize("name", CORES)
@@ -295,6 +302,27 @@ def test_transformer_gates_start_near_identity():
     mask = BandMask(torch.zeros(WINDOW, B, dtype=torch.bool), first, WINDOW)
     out, kv = core.layers[0](h, torch.zeros(WINDOW, B, 32), mask)  # cached keys and values: 2 * d_model
     assert ((out - h).norm() / h.norm()) < 0.5 and kv.shape == (T, B, 32)
+
+
+def test_episode_steps_count_from_the_last_reset_across_calls():
+    """The episode index of every step, from resets inside a call and from the cache carried between calls."""
+    core = make("transformer-pos")
+    steps = 3 * WINDOW
+    first = torch.zeros(steps, B, dtype=torch.bool)
+    first[0, 1:] = True  # env 0 starts from a fresh state without a reset: it still counts from 0
+    first[5, 1] = first[9, 2] = first[WINDOW + 4, 3] = True
+    expected = torch.zeros(steps, B, dtype=torch.long)
+    for b in range(B):
+        count = 0
+        for t in range(steps):
+            count = 0 if first[t, b] else count + (t > 0)
+            expected[t, b] = min(count, WINDOW)
+    state = core.initial_state(B, "cpu")
+    got = []
+    for a, b in [(0, 4), (4, 5), (5, 11), (11, steps)]:  # pieces shorter and longer than the window
+        got.append(core.episode_steps(state[1], first[a:b]))
+        _, state = core(inputs(b - a), state, first[a:b])
+    assert torch.equal(torch.cat(got), expected)
 
 
 def fresh_layer_change(gate_bias: float) -> float:

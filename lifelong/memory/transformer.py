@@ -30,7 +30,13 @@ sees up to ``L * window`` steps back through the layers below, as in transformer
 
 Positions: a learned relative bias per head and distance ``0..window`` added to the
 attention logits (zero at init, so the start is position-agnostic). Relative positions
-need no step counter in the state and are unchanged by the cache sliding.
+need no step counter in the state and are unchanged by the cache sliding. With
+``episode_position`` a learned embedding of each step's index in its episode
+(``0..window``; later steps share the last) is added to the input as well: absolute
+time, which a relative bias learns only slowly (it must single out one distance from one
+row per episode; a world model has to predict *when* an event comes). The index needs no
+counter either: the valid cache slots number exactly ``min(steps of the episode so far,
+window)``.
 
 Sequence mode is blocked banded attention: queries in blocks of ``S = min(T, window)``
 steps attend to the ``window + S`` keys ending at their block, so the cost is
@@ -61,6 +67,9 @@ class TransformerConfig:
     layers: int = setting(2, "Transformer layers.", low=1)
     window: int = setting(64, "Past steps each layer attends to (cache length per layer).", low=1)
     ff: int = setting(0, "Feed-forward hidden width; 0 means 4 * d_model.", low=0)
+    episode_position: bool = setting(
+        False, "Add a learned embedding of each step's index in its episode (0..window, later steps share "
+               "the last) to the input: absolute time on top of the relative bias.")
     gate_bias: float = setting(
         2.0, "Initial bias of the GTrXL update gates: 2 (GTrXL's) starts each layer near the identity; "
              "0 opens the attention path at init (what a world-model backbone needs to learn long lookups).")
@@ -198,6 +207,10 @@ class TransformerMemory(Memory):
             GTrXLLayer(d, cfg.heads, ff, cfg.window, cfg.gate_bias) for _ in range(cfg.layers)
         )
         self.norm_out = nn.LayerNorm(d)
+        # zero at init like the relative bias, so enabling it changes nothing until it learns
+        self.position = nn.Embedding(cfg.window + 1, d) if cfg.episode_position else None
+        if self.position is not None:
+            nn.init.zeros_(self.position.weight)
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> State:
         """Empty caches: zero keys/values, every slot invalid."""
@@ -206,12 +219,22 @@ class TransformerMemory(Memory):
         )
         return caches, torch.zeros(self.window, batch_size, dtype=torch.bool, device=device)
 
+    def episode_steps(self, valid: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
+        """Index ``[T, B]`` of each step in its episode, capped at ``window``."""
+        T, B = is_first.shape
+        t = torch.arange(T, device=is_first.device)[:, None].expand(T, B)
+        start = torch.where(is_first, t, torch.full_like(t, -1)).cummax(0).values  # last reset in this call
+        carried = valid.sum(0)  # steps of the running episode already cached (at most window)
+        return torch.where(start >= 0, t - start, carried + t).clamp(max=self.window)
+
     def forward(self, x: torch.Tensor, state: State, is_first: torch.Tensor) -> tuple[torch.Tensor, State]:
         """Attend over the cached window and the sequence; return outputs and the slid cache."""
         caches, valid = state
         is_first = is_first.to(device=x.device, dtype=torch.bool)
         mask = BandMask(valid, is_first, self.window)
         h = self.embed(x)
+        if self.position is not None:
+            h = h + self.position(self.episode_steps(valid, is_first))
         new_caches = []
         for layer, cache in zip(self.layers, caches):
             h, kv = layer(h, cache, mask)
