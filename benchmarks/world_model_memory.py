@@ -11,7 +11,9 @@ terminal step from ``final_obs``). No replay reuse: every update sees new episod
 Training: ``LatentWorldModel.compute_loss`` with Adam for ``--updates`` updates, one world
 model per backbone (gru, lstm: recurrent posterior; s5, transformer, ffm and gru-nr, the GRU
 with the posterior of R2I/S4WM: nonrecurrent), all with
-the same tiny MLPs, 16x16 latents and backbone width 128.
+the same tiny MLPs, 16x16 latents and backbone width 128. ``transformer`` starts its gates at
+``gate_bias: 0``, ``transformer-b2`` at GTrXL's 2, and ``transformer-pos`` adds the episode-step
+embedding (``episode_position``) to ``transformer``.
 
 Test (``lifelong.world_models.cue_probe``, on ``--episodes`` fresh episodes at every tenth
 of the run): observe only the cue step, roll the *prior* open-loop through the gap, the
@@ -53,6 +55,9 @@ BACKBONES = {
     # gate_bias 0: with GTrXL's 2 the attention path starts too weak to learn the lookup (transformer-b2)
     "transformer": {"name": "transformer", "d_model": WIDTH, "heads": 4, "layers": 2, "window": 64, "gate_bias": 0.0},
     "transformer-b2": {"name": "transformer", "d_model": WIDTH, "heads": 4, "layers": 2, "window": 64},
+    # and with a learned embedding of the episode step: absolute time, to predict when the query comes
+    "transformer-pos": {"name": "transformer", "d_model": WIDTH, "heads": 4, "layers": 2, "window": 64,
+                        "gate_bias": 0.0, "episode_position": True},
     "lstm": {"name": "lstm", "hidden": WIDTH},
     "ffm": {"name": "ffm", "hidden": WIDTH},
 }
