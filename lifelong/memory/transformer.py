@@ -87,7 +87,7 @@ class TransformerConfig:
 class GRUGate(nn.Module):
     """GTrXL gate ``g(x, y)``: a GRU update of the stream ``x`` by the sublayer output ``y``."""
 
-    def __init__(self, d: int, bias: float = 2.0) -> None:
+    def __init__(self, d: int, bias: float) -> None:
         super().__init__()
         self.from_y = nn.Linear(d, 3 * d, bias=False)
         self.from_x = nn.Linear(d, 2 * d, bias=False)
@@ -150,7 +150,7 @@ class BandMask:
 class GTrXLLayer(nn.Module):
     """One gated transformer-XL layer attending over ``[cache, sequence]`` with a band mask."""
 
-    def __init__(self, d: int, heads: int, ff: int, window: int, gate_bias: float = 2.0) -> None:
+    def __init__(self, d: int, heads: int, ff: int, window: int, gate_bias: float) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, d // heads
         self.norm_attn = nn.LayerNorm(d)
