@@ -27,6 +27,7 @@ query's time predicted, so the two pairs tell a memory failure from a miscounted
 
     python benchmarks/world_model_memory.py [--gaps 32 128 512] [--backbones gru s5 transformer]
         [--updates 300] [--episodes 128] [--symbols 4] [--free-nats 1.0] [--rep-scale 0.1] [--seed 0]
+        [--window 64]
 """
 
 from __future__ import annotations
@@ -67,10 +68,13 @@ POSTERIOR = {"gru-nr": "nonrecurrent"}  # every other entry uses its backbone's 
 
 
 def make_model(backbone: str, seed: int, reward_scale: float = 1.0, symbols: int = SYMBOLS,
-               free_nats: float = 1.0, rep_scale: float = 0.1) -> LatentWorldModel:
-    """A tiny world model on ``backbone``."""
+               free_nats: float = 1.0, rep_scale: float = 0.1, window: int | None = None) -> LatentWorldModel:
+    """A tiny world model on ``backbone`` (``window`` overrides a transformer's steps per layer)."""
     torch.manual_seed(seed)
-    raw = {"size": "tiny", "stoch": 16, "classes": 16, "backbone": BACKBONES[backbone], "reward_scale": reward_scale,
+    spec = dict(BACKBONES[backbone])
+    if window is not None and spec["name"] == "transformer":
+        spec["window"] = window
+    raw = {"size": "tiny", "stoch": 16, "classes": 16, "backbone": spec, "reward_scale": reward_scale,
            "free_nats": free_nats, "rep_scale": rep_scale, "posterior": POSTERIOR.get(backbone, "auto")}
     return LatentWorldModel((symbols + 1,), symbols, build(LatentWorldModelConfig, raw))
 
@@ -91,6 +95,7 @@ def train(model: LatentWorldModel, data: CueEpisodes, updates: int, lr: float,
                 point["recall"], point["answer"] = cue_recall_scores(model, test)
                 point["query_recall"], point["query_answer"] = cue_recall_scores(model, test, observe_query=True)
             curve.append(point)
+            print(f"  {point}", file=sys.stderr, flush=True)  # a long run shows its curve as it goes
     return curve
 
 
@@ -110,6 +115,9 @@ def main() -> None:
                         help="world_model.rep_scale, the representation KL's weight (0.1 is DreamerV3's)")
     parser.add_argument("--symbols", type=int, default=SYMBOLS, help="K, the number of cues (chance is 1/K)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--window", type=int, default=None,
+                        help="steps each transformer layer attends to (default 64; the episode step "
+                             "embedding counts to the window, so G+2 or more lets transformer-pos count the gap)")
     parser.add_argument("--glibc-malloc-defaults", action="store_true",
                         help="measure without run.keep_freed_memory's allocator tuning")
     args = parser.parse_args()
@@ -122,7 +130,7 @@ def main() -> None:
         for gap in args.gaps:
             started = time.perf_counter()
             model = make_model(backbone, args.seed, args.reward_scale, args.symbols, args.free_nats,
-                               args.rep_scale)
+                               args.rep_scale, args.window)
             test = CueEpisodes(gap, args.episodes, args.seed + 1000, args.symbols)
             curve = train(model, CueEpisodes(gap, args.batch, args.seed, args.symbols), args.updates, args.lr, test)
             trained = time.perf_counter() - started  # includes the ten tests during training
