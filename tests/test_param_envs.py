@@ -460,6 +460,21 @@ def test_gated_corridor_locked_region_rewards_exactly_zero_whatever_the_policy()
     assert (env.optimal_return(params) == 0).all()
 
 
+def test_gated_corridor_lock_threshold_moves_the_locked_region():
+    """With lock_threshold 0.3 the scripted policy masters the test tasks with lock <= 0.3 and earns 0 elsewhere."""
+    tasks = GatedCorridor.test_set()
+    env = make_task("GatedCorridor", 50, seed=0, lock_threshold=0.3)
+    env.set_params(tasks)
+    rewards, returns = run_episodes(env, lambda: scripted(env), 64)
+    unlocked = tasks[:, 1] <= 0.3
+    assert int(unlocked.sum()) == 20
+    assert (returns[unlocked] >= GatedCorridor.mastered_return).all() and (returns[~unlocked] == 0).all()
+    assert (rewards[:, ~unlocked] == 0).all()
+    assert torch.equal(env.optimal_return(tasks) > 0, unlocked)
+    with pytest.raises(ValueError, match=r"GatedCorridor.: lock_threshold must be in \[0, 1\].*got 1.5$"):
+        make_task("GatedCorridor", 1, lock_threshold=1.5)
+
+
 def test_gated_corridor_scripted_policy_masters_the_unlocked_test_set():
     tasks = GatedCorridor.test_set()
     env = make_task("GatedCorridor", 50, seed=0)
@@ -476,8 +491,8 @@ def test_gated_corridor_test_set_structure():
     assert tasks.shape == (50, 2) and torch.equal(tasks, GatedCorridor.test_set())
     assert GatedCorridor.param_space.contains(tasks).all()
     assert torch.unique(tasks, dim=0).shape[0] == 50
-    assert int((tasks[:, 1] > GatedCorridor.lock_threshold).sum()) == 10
     env = make_task("GatedCorridor", 1)
+    assert int((tasks[:, 1] > env.lock_threshold).sum()) == 10
     gates = env.gates_before(tasks[:10]).tolist()
     assert gates == sorted(gates) and gates[0] == 0 and gates[-1] == 7  # every band of distances is tested
 

@@ -177,9 +177,10 @@ class GatedCorridor(NativeVecEnv):
 
     Parameters ``(distance, lock)`` in [0, 1]^2 make three regions:
 
-    * ``lock > 0.8`` (``lock_threshold``): locked, the reward is exactly 0 at every step
-      whatever the agent does (deterministic, so learning-progress teachers see no
-      progress there, and unlearnable); ``lock <= 0.8`` changes nothing else;
+    * ``lock > lock_threshold`` (0.8 by default, so a fifth of the space): locked, the
+      reward is exactly 0 at every step whatever the agent does (deterministic, so
+      learning-progress teachers see no progress there, and unlearnable); a lower
+      ``lock`` changes nothing else;
     * targets before the first gate (``d <= s``, ``distance`` below about 0.1 with the
       defaults): a random walk reaches them often, so they are learnt from scratch;
     * targets behind ``g`` gates: a random policy must find every gate's key, so it
@@ -209,11 +210,15 @@ class GatedCorridor(NativeVecEnv):
 
     param_space = ParamSpace(("distance", "lock"), (0.0, 0.0), (1.0, 1.0))
     default_params = (0.1, 0.0)
-    lock_threshold = 0.8
     mastered_return = 0.5
 
     def __init__(self, num_envs: int, *, max_distance: int = 32, gate_spacing: int = 4, keys: int = 2,
-                 max_episode_length: int = 64, trap_keys: bool = False, **common) -> None:
+                 max_episode_length: int = 64, trap_keys: bool = False, lock_threshold: float = 0.8,
+                 **common) -> None:
+        if not 0.0 <= float(lock_threshold) <= 1.0:
+            raise ValueError(f"lock_threshold must be in [0, 1] (the locked region is lock > lock_threshold), "
+                             f"got {lock_threshold}")
+        self.lock_threshold = float(lock_threshold)
         if int(max_distance) < 1:
             raise ValueError(f"max_distance must be >= 1, got {max_distance}")
         if int(gate_spacing) < 1:
@@ -245,8 +250,8 @@ class GatedCorridor(NativeVecEnv):
     def test_set(cls) -> torch.Tensor:
         """The fixed evaluation tasks ``[50, 2]``: distance 0.05..0.95 (10 values) x lock 0.1..0.9 (5 values).
 
-        Rows are ordered lock-major; the 10 rows with lock 0.9 are locked, so at most
-        40 of the 50 can be mastered.
+        Rows are ordered lock-major; with the default ``lock_threshold`` the 10 rows with
+        lock 0.9 are locked, so at most 40 of the 50 can be mastered (20 with 0.3).
         """
         distance = torch.linspace(0.05, 0.95, 10)
         lock = torch.linspace(0.1, 0.9, 5)
