@@ -8,7 +8,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from lifelong.agents.dreamer import DreamerAgent, imagination_losses
+from lifelong.agents.dreamer import DreamerAgent, imagination_losses, imagined_continuation
 from lifelong.config import ConfigError, config_from_dict, load_config
 from lifelong.run import Run, make_trainer, train
 from lifelong.world_models import ReturnNormalizer
@@ -148,6 +148,21 @@ def test_actor_and_critic_losses_use_the_aligned_lambda_returns():
     torch.testing.assert_close(critic_loss, want_critic)
 
 
+@pytest.mark.parametrize("p_continue, mode", [(0.9, 1.0), (0.3, 0.0)])
+def test_imagined_continuation_is_the_heads_mode_or_its_probability(p_continue, mode):
+    """A 7% risk of ending per step (the tiny CartPole model at the track's edge) vanishes in the
+    mode and stays in the probability."""
+    cfg = load_config(None, ["agent={name: dreamer}"]).agent
+    wm = DreamerAgent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), cfg).world_model
+    last = wm.continue_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(torch.logit(torch.tensor(p_continue)).item())
+    feat = torch.randn(4, 3, wm.feat_dim)
+    torch.testing.assert_close(imagined_continuation(wm, feat, "mode"), torch.full((4, 3), mode))
+    torch.testing.assert_close(imagined_continuation(wm, feat, "probability"), torch.full((4, 3), p_continue))
+
+
 def test_continuous_actor_gets_gradient_through_the_model_returns():
     torch.manual_seed(0)
     cfg = load_config(None, ["agent={name: dreamer, horizon: 4}"]).agent
@@ -183,6 +198,7 @@ def test_env_actions_are_indices_or_rescaled_to_the_box():
     ("agent.min_std=2.0", "agent.min_std"),
     ("agent.train_ratio=0", "agent.train_ratio"),
     ("agent.bins=254", "agent.bins"),
+    ("agent.imagined_continue=sometimes", "agent.imagined_continue"),
     ("agent.world_model.bins=254", "agent.world_model.bins"),
     ("agent.horizon=0", "agent.horizon"),
 ])

@@ -12,9 +12,11 @@ Parts (``agent.name: dreamer``):
   ``start_states``) the prior is rolled ``horizon`` (15) steps with the actor. With states
   ``s_0 .. s_H``, ``reward[k] = reward_head(feat_{k+1})``, ``cont[k] = mode of
   continue_head(feat_{k+1})`` and ``value[k] = critic(feat_k)``, the lambda-returns
-  ``R_k`` (lambda 0.95, gamma 1 - 1/333) are the returns of ``s_k``. Each state is weighted
-  by ``w_k = prod_{j<k} gamma * cont[j]`` (``w_0 = 1``): states after a predicted end count
-  for nothing.
+  ``R_k`` (lambda 0.95, gamma 1 - 1/333) are the returns of ``s_k``. ``cont`` is the
+  head's probability instead with ``imagined_continue: probability`` (DreamerV2's expected
+  discount): a risk of ending that the model puts below 50% then still lowers the return.
+  Each state is weighted by ``w_k = prod_{j<k} gamma * cont[j]`` (``w_0 = 1``): states after
+  a predicted end count for nothing.
 * **Return normalisation**: ``ReturnNormalizer`` (EMA 0.01 of the 5th/95th percentiles of
   ``R``), ``scale = max(1, P95 - P5)``; advantages are ``(R_k - V(s_k)) / scale``.
 * **Critic**: two-hot over ``linspace(-20, 20, 255)`` in symlog space (the prediction is
@@ -104,6 +106,9 @@ class DreamerConfig:
     gamma: float = setting(1.0 - 1.0 / 333.0, "Discount of imagined returns.", low=0.0, high=1.0)
     lam: float = setting(0.95, "Lambda of the lambda-returns.", low=0.0, high=1.0)
     entropy: float = setting(3e-4, "Actor entropy scale eta.", low=0.0)
+    imagined_continue: Literal["mode", "probability"] = setting(
+        "mode", "Continuation of imagined steps: the continue head's mode (DreamerV3) or its probability "
+        "(DreamerV2's expected discount; keeps termination risks below 50% in the returns).")
     unimix: float = setting(0.01, "Uniform mixture on the discrete policy.", low=0.0, high=0.99)
     min_std: float = setting(0.1, "Continuous policy: smallest std.", low=0.0, low_open=True)
     max_std: float = setting(1.0, "Continuous policy: largest std.", low=0.0, low_open=True)
@@ -220,6 +225,13 @@ class DreamerAgent(Agent):
         return self.to_env(action), (latent, action), {"action": action, "feat": feat}
 
 
+@torch.no_grad()
+def imagined_continuation(world_model: LatentWorldModel, feat: torch.Tensor, how: str) -> torch.Tensor:
+    """``cont[k]`` of imagined states ``feat [H, N, F]``: the continue head's mode (0/1) or its probability."""
+    prob = world_model.predict_continue(feat)
+    return (prob > 0.5).to(prob.dtype) if how == "mode" else prob
+
+
 def imagination_losses(
     agent: DreamerAgent,
     traj: dict[str, torch.Tensor],
@@ -322,12 +334,10 @@ class DreamerTrainer(Trainer):
             with torch.no_grad():
                 traj = wm.imagine(policy, start, hp.horizon)
                 reward = wm.predict_reward(traj["feat"][1:])
-                cont = (wm.continue_head(traj["feat"][1:]).squeeze(-1) > 0).float()
         else:
             traj = wm.imagine(policy, start, hp.horizon)
             reward = wm.predict_reward(traj["feat"][1:])
-            with torch.no_grad():
-                cont = (wm.continue_head(traj["feat"][1:]).squeeze(-1) > 0).float()
+        cont = imagined_continuation(wm, traj["feat"][1:], hp.imagined_continue)
         actor_loss, critic_loss, metrics = imagination_losses(agent, traj, reward, cont, self.normalizer, hp)
         self.actor_opt.zero_grad()
         actor_loss.backward(inputs=self.actor_opt.params)  # the model and critic only pass gradients through
