@@ -150,8 +150,8 @@ def test_actor_and_critic_losses_use_the_aligned_lambda_returns():
 
 @pytest.mark.parametrize("p_continue, mode", [(0.9, 1.0), (0.3, 0.0)])
 def test_imagined_continuation_is_the_heads_mode_or_its_probability(p_continue, mode):
-    """A 7% risk of ending per step (the tiny CartPole model at the track's edge) vanishes in the
-    mode and stays in the probability."""
+    """A 10% risk of ending (the tiny CartPole model gives 2-7% at the track's edge) vanishes in
+    the mode and stays in the probability; a 70% risk is an end in the mode and 0.3 otherwise."""
     cfg = load_config(None, ["agent={name: dreamer}"]).agent
     wm = DreamerAgent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), cfg).world_model
     last = wm.continue_head[-1]
