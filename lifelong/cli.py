@@ -97,33 +97,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the newest checkpoint of a run dir, or a checkpoint file."""
     import torch
 
-    from lifelong.checkpoint import CheckpointDir, load_checkpoint
-    from lifelong.config import config_from_dict
     from lifelong.evaluation import evaluate_policy
-    from lifelong.logger import Logger
-    from lifelong.run import Run, RunDirError, make_trainer, resolve_device, write_json
+    from lifelong.run import load_trainer, write_json
 
+    trainer, ckpt_path, payload = load_trainer(args.target)
     target = Path(args.target)
-    if target.is_dir():
-        cfg = Run.load_config(target)
-        found = CheckpointDir(target / "checkpoints").latest()
-        if found is None:
-            raise RunDirError(f"run dir {str(target)!r} has no usable checkpoint to evaluate")
-        ckpt_path, payload = found
-        out = Path(args.output) if args.output else target / "eval.json"
-    elif target.is_file():
-        ckpt_path, payload = target, load_checkpoint(target)
-        cfg = config_from_dict(payload["config"])
-        out = Path(args.output) if args.output else target.with_suffix(".eval.json")
-    else:
-        raise RunDirError(f"{str(target)!r} is neither a run dir nor a checkpoint file")
-    cfg.run.progress = False
-    device = resolve_device(cfg.run.device)
-    # A console-only logger: trainers report what they build (replay sizes), nothing goes to TensorBoard.
-    quiet = Logger(ckpt_path.parent, total_steps=cfg.run.total_steps, progress=False, tensorboard=False)
-    run = Run(cfg=cfg, dir=ckpt_path.parent, device=device, logger=quiet)
-    trainer = make_trainer(cfg, run)
-    trainer.load_state_dict(payload["trainer"])
+    default_out = target / "eval.json" if target.is_dir() else ckpt_path.with_suffix(".eval.json")
+    out = Path(args.output) if args.output else default_out
+    cfg, device = trainer.cfg, trainer.run.device
     torch.manual_seed(args.seed)
     result, env = evaluate_policy(
         trainer.agent, cfg, episodes=args.episodes, device=device, env_state=trainer.env_state(),

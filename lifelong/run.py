@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lifelong.allocator import keep_freed_memory
-from lifelong.checkpoint import CheckpointDir
+from lifelong.checkpoint import CheckpointDir, load_checkpoint
 from lifelong.config import Config, ConfigError, apply_override, config_from_dict, dump_yaml, parse_override, read_yaml, to_dict
 from lifelong.logger import Logger
 from lifelong.registry import AGENTS
@@ -403,6 +403,32 @@ def write_json(path: str | Path, data: Any) -> None:
 def make_trainer(cfg: Config, run: Run) -> "Trainer":
     """Build the trainer named by ``agent.name``."""
     return AGENTS.get(cfg.agent.name, "agent.name").factory(cfg, run)
+
+
+def load_trainer(target: str | Path) -> tuple["Trainer", Path, dict[str, Any]]:
+    """The trainer of a run dir's newest usable checkpoint, or of a checkpoint file, with its path and payload.
+
+    For evaluation and inspection: the trainer logs to the console only (nothing goes to
+    TensorBoard) and runs on the checkpoint config's ``run.device``.
+    """
+    target = Path(target)
+    if target.is_dir():
+        cfg = Run.load_config(target)
+        found = CheckpointDir(target / "checkpoints").latest()
+        if found is None:
+            raise RunDirError(f"run dir {str(target)!r} has no usable checkpoint to evaluate")
+        ckpt_path, payload = found
+    elif target.is_file():
+        ckpt_path, payload = target, load_checkpoint(target)
+        cfg = config_from_dict(payload["config"])
+    else:
+        raise RunDirError(f"{str(target)!r} is neither a run dir nor a checkpoint file")
+    cfg.run.progress = False
+    quiet = Logger(ckpt_path.parent, total_steps=cfg.run.total_steps, progress=False, tensorboard=False)
+    run = Run(cfg=cfg, dir=ckpt_path.parent, device=resolve_device(cfg.run.device), logger=quiet)
+    trainer = make_trainer(cfg, run)
+    trainer.load_state_dict(payload["trainer"])
+    return trainer, ckpt_path, payload
 
 
 def train(cfg: Config | None = None, run_dir: str | Path | None = None, *, resume: str | Path | None = None,
