@@ -37,29 +37,19 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from lifelong.checkpoint import load_checkpoint
-from lifelong.config import Config, config_from_dict, load_config
+from lifelong.config import load_config
 from lifelong.logger import Logger
-from lifelong.run import Run, make_trainer
+from lifelong.run import Run, load_trainer, make_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "configs" / "dreamer_cartpole.yaml"
 COMPONENTS = "x, x_dot, theta, theta_dot"
 
 
-def build_trainer(cfg: Config, run_dir: Path):
-    """A Dreamer trainer for ``cfg`` on the CPU with a console-only logger."""
-    cfg.run.progress = False
-    logger = Logger(run_dir, total_steps=cfg.run.total_steps, progress=False, tensorboard=False)
-    return make_trainer(cfg, Run(cfg=cfg, dir=run_dir, device=torch.device("cpu"), logger=logger))
-
-
 @torch.no_grad()
 def probe_episodes(checkpoint: Path, episodes: int, horizon: int = 15) -> None:
     """Per-step value, continuation and reconstruction along deterministic episodes (module doc)."""
-    payload = load_checkpoint(checkpoint)
-    trainer = build_trainer(config_from_dict(payload["config"]), checkpoint.parent)
-    trainer.load_state_dict(payload["trainer"])
+    trainer, _, _ = load_trainer(checkpoint)
     agent, wm = trainer.agent, trainer.agent.world_model
     env = gym.make("CartPole-v1")
     for episode in range(episodes):
@@ -116,7 +106,9 @@ def probe_continue_head(updates: int, data_steps: int = 5000) -> None:
     """World-model updates on random-action data; continue probabilities on terminal and other steps."""
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(load_config(PRESET, []), Path(tmp))
+        cfg = load_config(PRESET, ["run.progress=false"])
+        logger = Logger(Path(tmp), total_steps=cfg.run.total_steps, progress=False, tensorboard=False)
+        trainer = make_trainer(cfg, Run(cfg=cfg, dir=Path(tmp), device=torch.device("cpu"), logger=logger))
         env, wm, hp = trainer.env, trainer.agent.world_model, trainer.hp
         obs, num = env.reset(seed=0), env.num_envs
         is_first = torch.ones(num, dtype=torch.bool)
@@ -127,12 +119,7 @@ def probe_continue_head(updates: int, data_steps: int = 5000) -> None:
                                step.final_obs)
             obs, is_first = step.obs, step.is_first
         for update in range(1, updates + 1):
-            out = wm.compute_loss(trainer.replay.sample(hp.batch_size, hp.sequence_length))
-            trainer.model_opt.zero_grad()
-            trainer.backbone_opt.zero_grad()
-            out.loss.backward()
-            trainer.model_opt.step()
-            trainer.backbone_opt.step()
+            trainer.train_world_model(trainer.replay.sample(hp.batch_size, hp.sequence_length))
             if update % 250:
                 continue
             with torch.no_grad():

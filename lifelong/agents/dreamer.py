@@ -316,17 +316,21 @@ class DreamerTrainer(Trainer):
         return max(self.hp.learning_starts, self.hp.sequence_length * self.env.num_envs)
 
     # ------------------------------------------------------------------ update
-    def update(self) -> dict[str, float]:
-        """One world-model update on a replay batch, then actor and critic on imagination from its posteriors."""
-        hp, agent = self.hp, self.agent
-        wm = agent.world_model
-        batch = self.replay.sample(hp.batch_size, hp.sequence_length)
-        out = wm.compute_loss(batch)
+    def train_world_model(self, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor]:
+        """One world-model step on replay rows; the loss pass's output and the model's gradient norm."""
+        out = self.agent.world_model.compute_loss(batch)
         self.model_opt.zero_grad()
         self.backbone_opt.zero_grad()
         out.loss.backward()
         grad_norm = self.model_opt.step()
         self.backbone_opt.step()
+        return out, grad_norm
+
+    def update(self) -> dict[str, float]:
+        """One world-model update on a replay batch, then actor and critic on imagination from its posteriors."""
+        hp, agent = self.hp, self.agent
+        wm = agent.world_model
+        out, grad_norm = self.train_world_model(self.replay.sample(hp.batch_size, hp.sequence_length))
 
         start = wm.start_states(out.posterior, out.initial_state)
         policy = lambda f: agent.actor.sample(f.detach())  # noqa: E731
