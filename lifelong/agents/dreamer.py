@@ -334,11 +334,8 @@ class DreamerTrainer(Trainer):
 
         start = wm.start_states(out.posterior, out.initial_state)
         policy = lambda f: agent.actor.sample(f.detach())  # noqa: E731
-        if agent.discrete:
-            with torch.no_grad():
-                traj = wm.imagine(policy, start, hp.horizon)
-                reward = wm.predict_reward(traj["feat"][1:])
-        else:
+        # discrete actors learn by REINFORCE, so only continuous ones need gradients through the model
+        with torch.set_grad_enabled(not agent.discrete):
             traj = wm.imagine(policy, start, hp.horizon)
             reward = wm.predict_reward(traj["feat"][1:])
         cont = imagined_continuation(wm, traj["feat"][1:], hp.imagined_continue)
