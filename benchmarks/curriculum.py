@@ -12,10 +12,15 @@ every evaluation (10 test tasks are locked, so 80% is the most possible; with
 ``env.kwargs={lock_threshold: 0.3}`` 30 are, and 40% is). Printed per
 teacher: the final and best-over-evaluations mastered percent (mean and min..max over
 seeds), the ratio of the mean final mastered percent to random's, and the training
-seconds per run (evaluation excluded) against random's: the teacher's wall overhead.
+seconds per run (evaluation excluded) against random's: the teacher's wall overhead, and a
+rank test of each teacher's final mastered percent against random's (Mann-Whitney U, and the
+one-sided p of U at least that large when the teacher labels are permuted).
 
     python benchmarks/curriculum.py [--seeds 3] [--first-seed 0] [--steps 1000000] [--jobs 2] [--teachers random,alp_gmm]
-                                    [--set KEY=VALUE ...]
+                                    [--config configs/ppo_alp_gmm_gated_corridor.yaml] [--set KEY=VALUE ...]
+
+``--config configs/ppo_alp_gmm_gated_corridor_traps.yaml`` (with ``--steps 100000``) is the
+variant with traps, gate indices and a 70% locked region.
 
 ``--set`` adds config overrides to every run (another env variant or student, for example
 ``--set "env.kwargs={trap_keys: true}" --set agent.gamma=0.95 --set agent.ent_coef=0.01``).
@@ -27,6 +32,8 @@ import argparse
 import json
 import statistics
 import sys
+
+import numpy as np
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +47,13 @@ CONFIG = ROOT / "configs/ppo_alp_gmm_gated_corridor.yaml"
 TEACHERS = ("random", "alp_gmm", "riac", "covar_gmm", "plr")
 
 
-def run_teacher(teacher: str, seed: int, steps: int, evals: int, overrides: Sequence[str] = ()) -> dict:
-    """Train the PPO student under ``teacher`` (with config ``overrides``); return its test-set mastery."""
+def run_teacher(teacher: str, seed: int, steps: int, evals: int, overrides: Sequence[str] = (),
+                config: Path = CONFIG) -> dict:
+    """Train the PPO student of ``config`` under ``teacher`` (with config ``overrides``); return its test-set mastery."""
     from lifelong.config import load_config
     from lifelong.run import train
 
-    cfg = load_config(CONFIG, [
+    cfg = load_config(config, [
         f"curriculum.teacher.name={teacher}", f"run.seed={seed}", f"run.total_steps={steps}",
         f"run.eval_every={max(1, steps // evals)}", "run.checkpoint_every=0", "run.progress=false",
         "run.torch_threads=1", "curriculum.density_every=0", *overrides,
@@ -60,6 +68,23 @@ def run_teacher(teacher: str, seed: int, steps: int, evals: int, overrides: Sequ
         "steps": [t["step"] for t in tests],
         "train_seconds": results["wall_time_s"] - results["eval_time_s"] - results["setup_time_s"],
     }
+
+
+def rank_test(ours: Sequence[float], peer: Sequence[float], permutations: int = 200_000,
+              seed: int = 0) -> tuple[float, float]:
+    """Mann-Whitney U of ``ours`` over ``peer`` (ties count 1/2) and its one-sided permutation p-value."""
+    pooled = np.asarray([*ours, *peer], dtype=np.float64)
+    # midranks: U = (sum of our ranks) - k (k + 1) / 2 for any split of the pooled values
+    ranks = (np.searchsorted(np.sort(pooled), pooled, "left") + np.searchsorted(np.sort(pooled), pooled, "right")
+             + 1) / 2.0
+    k = len(ours)
+    observed = ranks[:k].sum() - k * (k + 1) / 2
+    gen = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, permutations, 10_000):
+        draws = gen.random((min(10_000, permutations - start), len(pooled))).argsort(1)[:, :k]
+        hits += int((ranks[draws].sum(1) - k * (k + 1) / 2 >= observed - 1e-9).sum())
+    return float(observed), hits / permutations
 
 
 def _spread(values: list[float]) -> str:
@@ -78,12 +103,14 @@ def main() -> None:
     parser.add_argument("--teachers", default=",".join(TEACHERS), help="comma-separated; random is the peer")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run (repeatable)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the student's preset; only the teacher changes")
     parser.add_argument("--worker", choices=TEACHERS)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    extra = ("--steps", str(args.steps), "--evals", str(args.evals), *(f"--set={o}" for o in args.set))
+    extra = ("--steps", str(args.steps), "--evals", str(args.evals), "--config", str(args.config),
+             *(f"--set={o}" for o in args.set))
     if args.worker:
-        print(json.dumps(run_teacher(args.worker, args.seed, args.steps, args.evals, args.set)))
+        print(json.dumps(run_teacher(args.worker, args.seed, args.steps, args.evals, args.set, args.config)))
         return
 
     teachers = [t for t in args.teachers.split(",") if t]
@@ -109,7 +136,7 @@ def main() -> None:
     print(f"{args.steps:,} env steps per run, {args.seeds} seeds; mean (min..max) over seeds; "
           "ratio = mean final mastered / random's")
     print(f"{'teacher':<10} {'final mastered %':>18} {'best mastered %':>18} {'vs random':>10} {'train s':>8} "
-          f"{'vs random':>10}")
+          f"{'vs random':>10} {'U vs random':>12} {'p':>7}")
     peer_final = statistics.mean(r["mastered"][-1] for r in rows["random"]) if "random" in rows else None
     peer_time = statistics.mean(r["train_seconds"] for r in rows["random"]) if "random" in rows else None
     for name in teachers:
@@ -118,7 +145,12 @@ def main() -> None:
         seconds = statistics.mean(r["train_seconds"] for r in rows[name])
         ratio = f"{statistics.mean(final) / peer_final:.2f}x" if peer_final else "-"
         overhead = f"{seconds / peer_time:.2f}x" if peer_time else "-"
-        print(f"{name:<10} {_spread(final):>18} {_spread(best):>18} {ratio:>10} {seconds:>8.1f} {overhead:>10}")
+        test = "-", "-"
+        if "random" in rows and name != "random":
+            u, p = rank_test(final, [r["mastered"][-1] for r in rows["random"]])
+            test = f"{u:g}/{len(final) * len(rows['random'])}", f"{p:.4f}"
+        print(f"{name:<10} {_spread(final):>18} {_spread(best):>18} {ratio:>10} {seconds:>8.1f} {overhead:>10} "
+              f"{test[0]:>12} {test[1]:>7}")
 
 
 if __name__ == "__main__":

@@ -446,6 +446,24 @@ def test_gated_corridor_wrong_key_at_a_closed_gate_sends_the_agent_back_and_clos
     assert step.reward.tolist()[0] == 0.0 and step.reward[1].item() == pytest.approx(1 - 0.5 * 18 / 64)
 
 
+def test_gated_corridor_gate_index_observation_one_hot_of_the_closed_gate():
+    env = make_task("GatedCorridor", 2, seed=0, params=[13 / 31, 0.0], gate_observation="index")  # gates at 4, 8, 12
+    assert env.observation_space.shape == (3 + 7,)
+    obs = env.reset()
+    assert obs[:, 3:].sum().item() == 0.0
+    for _ in range(4):
+        step = env.step(torch.tensor([1, 1]))
+    assert step.obs[:, 3:].tolist() == [[1.0, 0, 0, 0, 0, 0, 0]] * 2  # closed gate 1
+    step = env.step(torch.tensor([3, 1]))  # env 0 opens gate 1; env 1 is blocked
+    assert step.obs[0, 3:].sum().item() == 0.0 and step.obs[1, 3:].tolist() == [1.0, 0, 0, 0, 0, 0, 0]
+    for _ in range(4):
+        step = env.step(torch.tensor([1, 1]))
+    assert env.state["position"].tolist() == [8, 4] and step.obs[0, 3:].tolist() == [0, 1.0, 0, 0, 0, 0, 0]
+    assert step.obs[:, :3].tolist() == [[6 / 32, 14 / 32, 8 / 32], [10 / 32, 14 / 32, 4 / 32]]
+    with pytest.raises(ValueError, match=r"gate_observation must be 'flag' or 'index', got 'onehot'$"):
+        make_task("GatedCorridor", 1, gate_observation="onehot")
+
+
 def test_gated_corridor_locked_region_rewards_exactly_zero_whatever_the_policy():
     gen = torch.Generator().manual_seed(0)
     distance = torch.rand(256, generator=gen)

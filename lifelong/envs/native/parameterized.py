@@ -173,7 +173,8 @@ class GatedCorridor(NativeVecEnv):
     (``T = max_episode_length``, the time limit; at least 0), the only non-zero reward;
     otherwise the episode is truncated after ``T`` steps with return 0. Observation:
     ``(target - position) / D``, ``target / D``, ``position / D`` and 1 if standing at
-    a closed gate.
+    a closed gate (``gate_observation: flag``), or instead a one-hot of that gate's index
+    over the ``(D - 1) // s`` gates, all zeros elsewhere (``gate_observation: index``).
 
     Parameters ``(distance, lock)`` in [0, 1]^2 make three regions:
 
@@ -190,6 +191,11 @@ class GatedCorridor(NativeVecEnv):
       a policy that has mastered the targets behind ``g - 1`` gates walks to gate ``g``
       and has only that key to find (PPO with an MLP masters ``d = 7`` in 50k steps, and
       gets no reward at all for ``d = 32`` trained alone).
+
+    What the gate index changes: with the flag, an MLP sees which gate it stands at only
+    through its position, so sharpening one gate's key carries over to the next gate,
+    whose key may differ (with traps that wrong key is never unlearnt); the one-hot index
+    gives each gate its own input, so learning a key leaves the others alone.
 
     What the traps change: without them a policy that walks right and turns keys at
     random passes every gate in about two tries, so once a student walks right its
@@ -214,7 +220,10 @@ class GatedCorridor(NativeVecEnv):
 
     def __init__(self, num_envs: int, *, max_distance: int = 32, gate_spacing: int = 4, keys: int = 2,
                  max_episode_length: int = 64, trap_keys: bool = False, lock_threshold: float = 0.8,
-                 **common) -> None:
+                 gate_observation: str = "flag", **common) -> None:
+        if gate_observation not in ("flag", "index"):
+            raise ValueError(f"gate_observation must be 'flag' or 'index', got {gate_observation!r}")
+        self.gate_observation = gate_observation
         if not 0.0 <= float(lock_threshold) <= 1.0:
             raise ValueError(f"lock_threshold must be in [0, 1] (the locked region is lock > lock_threshold), "
                              f"got {lock_threshold}")
@@ -230,6 +239,9 @@ class GatedCorridor(NativeVecEnv):
         self.keys = int(keys)
         self.trap_keys = bool(trap_keys)
         self.num_gates = (self.max_distance - 1) // self.gate_spacing
+        if gate_observation == "index" and self.num_gates == 0:
+            raise ValueError(f"gate_observation 'index' needs at least one gate (max_distance {self.max_distance}, "
+                             f"gate_spacing {self.gate_spacing} make none)")
         least = self.max_distance + self.num_gates
         if int(max_episode_length) < least:
             raise ValueError(
@@ -239,8 +251,9 @@ class GatedCorridor(NativeVecEnv):
         self.max_episode_length = int(max_episode_length)
         self.default_time_limit = self.max_episode_length
         # the agent never passes the target: reaching it ends the episode
-        low = np.zeros(4, np.float32)
-        high = np.ones(4, np.float32)
+        width = 3 + (self.num_gates if gate_observation == "index" else 1)
+        low = np.zeros(width, np.float32)
+        high = np.ones(width, np.float32)
         super().__init__(num_envs, spaces.Box(low, high), spaces.Discrete(2 + self.keys), **common)
         gate = torch.arange(self.num_gates + 1, dtype=torch.float64)
         # index 0 (cell 0, no gate) is never used
@@ -281,7 +294,13 @@ class GatedCorridor(NativeVecEnv):
 
     def _observe(self, position: torch.Tensor, target: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
         d = float(self.max_distance)
-        return torch.stack([(target - position) / d, target / d, position / d, blocked.to(torch.float32)], -1)
+        where = torch.stack([(target - position) / d, target / d, position / d], -1)
+        if self.gate_observation == "flag":
+            return torch.cat([where, blocked.to(torch.float32)[:, None]], -1)
+        # gate g sits at cell g * s; the one-hot's column g - 1, set only while that gate is closed
+        gate = (position // self.gate_spacing - 1).clamp(0, self.num_gates - 1)
+        onehot = torch.nn.functional.one_hot(gate, self.num_gates).to(torch.float32) * blocked[:, None]
+        return torch.cat([where, onehot], -1)
 
     def initial_state(self, n: int, params: torch.Tensor) -> State:  # type: ignore[override]
         target = self.target_distance(params)
