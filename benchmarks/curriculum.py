@@ -32,12 +32,12 @@ import argparse
 import json
 import statistics
 import sys
-
-import numpy as np
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import spawn  # noqa: E402
@@ -75,8 +75,8 @@ def rank_test(ours: Sequence[float], peer: Sequence[float], permutations: int = 
     """Mann-Whitney U of ``ours`` over ``peer`` (ties count 1/2) and its one-sided permutation p-value."""
     pooled = np.asarray([*ours, *peer], dtype=np.float64)
     # midranks: U = (sum of our ranks) - k (k + 1) / 2 for any split of the pooled values
-    ranks = (np.searchsorted(np.sort(pooled), pooled, "left") + np.searchsorted(np.sort(pooled), pooled, "right")
-             + 1) / 2.0
+    ordered = np.sort(pooled)
+    ranks = (np.searchsorted(ordered, pooled, "left") + np.searchsorted(ordered, pooled, "right") + 1) / 2.0
     k = len(ours)
     observed = ranks[:k].sum() - k * (k + 1) / 2
     gen = np.random.default_rng(seed)
