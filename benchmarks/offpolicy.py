@@ -160,20 +160,23 @@ def lifelong_halfcheetah(algo: str, seed: int, budget: int) -> dict:
         "run.eval_num_envs=10"], None)
 
 
-def sb3_halfcheetah(algo: str, seed: int, budget: int) -> dict:
-    """SB3 SAC or TD3 on Gymnasium's HalfCheetah-v4 with RL-Zoo's MuJoCo settings."""
+def sb3_halfcheetah_model(algo: str, env, seed: int):
+    """SB3's SAC or TD3 on a HalfCheetah env with RL-Zoo's MuJoCo settings (10k random steps first)."""
     import numpy as np
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.noise import NormalActionNoise
 
-    env, eval_env = _sb3_envs("HalfCheetah-v4", seed, 10)
     if algo == "sac":
-        model = SAC("MlpPolicy", env, learning_starts=10_000, seed=seed, verbose=0, device="cpu")
-    else:
-        noise = NormalActionNoise(np.zeros(6), 0.1 * np.ones(6))
-        model = TD3("MlpPolicy", env, learning_starts=10_000, learning_rate=1e-3, batch_size=256,
-                    action_noise=noise, policy_kwargs={"net_arch": [400, 300]}, seed=seed, verbose=0, device="cpu")
-    return _sb3(model, eval_env, budget, budget, 10, None)
+        return SAC("MlpPolicy", env, learning_starts=10_000, seed=seed, verbose=0, device="cpu")
+    noise = NormalActionNoise(np.zeros(6), 0.1 * np.ones(6))
+    return TD3("MlpPolicy", env, learning_starts=10_000, learning_rate=1e-3, batch_size=256,
+               action_noise=noise, policy_kwargs={"net_arch": [400, 300]}, seed=seed, verbose=0, device="cpu")
+
+
+def sb3_halfcheetah(algo: str, seed: int, budget: int) -> dict:
+    """SB3 SAC or TD3 on Gymnasium's HalfCheetah-v4 with RL-Zoo's MuJoCo settings."""
+    env, eval_env = _sb3_envs("HalfCheetah-v4", seed, 10)
+    return _sb3(sb3_halfcheetah_model(algo, env, seed), eval_env, budget, budget, 10, None)
 
 
 EXPERIMENTS = {

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offpolicy import sb3_halfcheetah_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH, OBS, ACT = 256, 17, 6
@@ -113,17 +117,8 @@ def sb3_timers(algo: str) -> tuple[Callable[[int], float], Callable[[int], float
     """Seconds per gradient step, and per training step (one env step, then one update), of SB3's SAC or
     TD3 (RL-Zoo MuJoCo settings) after 2,000 random env steps."""
     import gymnasium as gym
-    import numpy as np
-    from stable_baselines3 import SAC, TD3
-    from stable_baselines3.common.noise import NormalActionNoise
 
-    env = gym.make("HalfCheetah-v4")
-    if algo == "sac":
-        model = SAC("MlpPolicy", env, learning_starts=10_000, seed=0, verbose=0, device="cpu")
-    else:
-        model = TD3("MlpPolicy", env, learning_starts=10_000, learning_rate=1e-3, batch_size=256,
-                    action_noise=NormalActionNoise(np.zeros(ACT), 0.1 * np.ones(ACT)),
-                    policy_kwargs={"net_arch": [400, 300]}, seed=0, verbose=0, device="cpu")
+    model = sb3_halfcheetah_model(algo, gym.make("HalfCheetah-v4"), seed=0)
     model.learn(2_000)  # below learning_starts: random actions into the buffer, no updates
     model.learning_starts = 0  # from here every env step is followed by one update (train_freq 1)
 
