@@ -171,6 +171,65 @@ def test_td3_and_dqn_targets_by_hand():
                                torch.tensor([1.0, 2.0 + 20.0]))
 
 
+def _copy_sb3_td3_weights(agent, policy) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """Load SB3's TD3 networks into lifelong's (same layer layout); return the (ours, SB3's) pairs."""
+    pairs = [(agent.actor.net, policy.actor.mu), (agent.q1.net, policy.critic.qf0), (agent.q2.net, policy.critic.qf1),
+             (agent.actor_target.net, policy.actor_target.mu), (agent.q1_target.net, policy.critic_target.qf0),
+             (agent.q2_target.net, policy.critic_target.qf1)]
+    with torch.no_grad():
+        for ours, theirs in pairs:
+            for (name, p), (their_name, q) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+                assert name == their_name
+                p.copy_(q)  # in place: the parameters stay views of the optimizers' flat buffers
+    return pairs
+
+
+def test_td3_update_equals_stable_baselines3_td3(tmp_path):
+    """Six updates from the same weights, batches and noise draws give SB3's TD3 parameters.
+
+    Covers critic loss, target policy smoothing, the delayed actor step, the Polyak step
+    of all targets and Adam: what is left to differ between the two is collection.
+    """
+    gym = pytest.importorskip("gymnasium")
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+    hidden = [64, 48]
+    cfg = config_from_dict({
+        "run": {"name": "td3_vs_sb3", "total_steps": 1000, **QUIET},
+        "env": {"backend": "gymnasium", "id": "HalfCheetah-v4", "num_envs": 1, "vectorization": "sync"},
+        "agent": {"name": "td3", "lr": 1e-3, "memory": {"name": "mlp", "hidden": hidden, "activation": "relu"}},
+    })
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    model = TD3("MlpPolicy", gym.make("HalfCheetah-v4"), learning_rate=1e-3, policy_kwargs={"net_arch": hidden},
+                device="cpu", seed=0)
+    model.set_logger(configure(None, []))
+    pairs = _copy_sb3_td3_weights(trainer.agent, model.policy)
+    g = torch.Generator().manual_seed(1)
+    n = 32
+    for i in range(6):
+        obs, next_obs = torch.randn(n, 17, generator=g), torch.randn(n, 17, generator=g)
+        action = torch.rand(n, 6, generator=g) * 2 - 1
+        reward, terminated = torch.randn(n, generator=g), torch.rand(n, generator=g) < 0.2
+        batch = {"obs": obs, "next_obs": next_obs, "next_obs_target": next_obs, "action": action, "reward": reward,
+                 "terminated": terminated}
+        trainer.sample_batch = lambda batch=batch: batch
+        samples = ReplayBufferSamples(obs, action, next_obs, terminated.float()[:, None], reward[:, None], None)
+        model.replay_buffer.sample = lambda batch_size, env=None, samples=samples: samples
+        # The smoothing noise is the only random draw of an update, the same on both sides.
+        torch.manual_seed(100 + i)
+        trainer.update()
+        torch.manual_seed(100 + i)
+        model.train(gradient_steps=1, batch_size=n)
+    assert trainer.updates == model._n_updates == 6
+    for ours, theirs in pairs:
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+    run.close()
+
+
 def test_epsilon_schedule_is_linear_then_flat():
     assert linear_epsilon(0, 1000, 1.0, 0.1, 0.2) == 1.0
     assert linear_epsilon(100, 1000, 1.0, 0.1, 0.2) == pytest.approx(0.55)
