@@ -230,6 +230,61 @@ def test_td3_update_equals_stable_baselines3_td3(tmp_path):
     run.close()
 
 
+def test_dqn_update_equals_stable_baselines3_dqn(tmp_path):
+    """With ``double: false``, five updates from the same weights and batches give SB3's DQN parameters.
+
+    Covers the max-target, the Huber loss, the gradient-norm clip and Adam (SB3 moves the
+    target network outside ``train``, as lifelong does after collection).
+    """
+    gym = pytest.importorskip("gymnasium")
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+    hidden = [32, 24]
+    cfg = config_from_dict({
+        "run": {"name": "dqn_vs_sb3", "total_steps": 1000, **QUIET},
+        "env": {"backend": "gymnasium", "id": "CartPole-v1", "num_envs": 1, "vectorization": "sync"},
+        # max_grad_norm 0.1 binds: the gradient norms of these updates are 0.2-0.4.
+        "agent": {"name": "dqn", "lr": 2.3e-3, "double": False, "loss": "huber", "max_grad_norm": 0.1,
+                  "memory": {"name": "mlp", "hidden": hidden, "activation": "relu"}},
+    })
+    run = Run.create(cfg, tmp_path, logger=False)
+    trainer = make_trainer(cfg, run)
+    model = DQN("MlpPolicy", gym.make("CartPole-v1"), learning_rate=2.3e-3, max_grad_norm=0.1,
+                policy_kwargs={"net_arch": hidden}, device="cpu", seed=0)
+    model.set_logger(configure(None, []))
+    agent, policy = trainer.agent, model.policy
+    pairs = [(agent.q, policy.q_net.q_net), (agent.q_target, policy.q_net_target.q_net)]
+    with torch.no_grad():
+        for ours, theirs in pairs:
+            for p, q in zip(ours.parameters(), theirs.parameters()):
+                p.copy_(q)
+        # A target apart from the online net, so a target taken from the wrong network shows.
+        for p in agent.q_target.parameters():
+            p.add_(0.05)
+        for p in policy.q_net_target.parameters():
+            p.add_(0.05)
+    g = torch.Generator().manual_seed(2)
+    n = 64
+    for _ in range(5):
+        obs, next_obs = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+        action = torch.randint(2, (n,), generator=g)
+        reward, terminated = torch.randn(n, generator=g) * 3, torch.rand(n, generator=g) < 0.2
+        batch = {"obs": obs, "next_obs": next_obs, "next_obs_target": next_obs, "action": action, "reward": reward,
+                 "terminated": terminated}
+        trainer.sample_batch = lambda batch=batch: batch
+        samples = ReplayBufferSamples(obs, action[:, None], next_obs, terminated.float()[:, None], reward[:, None],
+                                      None)
+        model.replay_buffer.sample = lambda batch_size, env=None, samples=samples: samples
+        trainer.update()
+        model.train(gradient_steps=1, batch_size=n)
+    for ours, theirs in pairs:
+        for p, q in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+    run.close()
+
+
 def test_epsilon_schedule_is_linear_then_flat():
     assert linear_epsilon(0, 1000, 1.0, 0.1, 0.2) == 1.0
     assert linear_epsilon(100, 1000, 1.0, 0.1, 0.2) == pytest.approx(0.55)
