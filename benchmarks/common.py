@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: run a contender in a fresh process, summarise with medians."""
+"""Shared helpers of the benchmarks: run a contender in a fresh process, summarise with medians and a rank test."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+
+import numpy as np
 
 
 def spawn(script: str, name: str, seed: int, *extra: str) -> dict:
@@ -26,3 +29,20 @@ def median(rows: list[dict], key: str) -> float | None:
     """Median of ``key`` over the rows that have it."""
     values = [r[key] for r in rows if r.get(key) is not None]
     return statistics.median(values) if values else None
+
+
+def rank_test(ours: Sequence[float], peer: Sequence[float], permutations: int = 200_000,
+              seed: int = 0) -> tuple[float, float]:
+    """Mann-Whitney U of ``ours`` over ``peer`` (ties count 1/2) and its one-sided permutation p-value."""
+    pooled = np.asarray([*ours, *peer], dtype=np.float64)
+    # midranks: U = (sum of our ranks) - k (k + 1) / 2 for any split of the pooled values
+    ordered = np.sort(pooled)
+    ranks = (np.searchsorted(ordered, pooled, "left") + np.searchsorted(ordered, pooled, "right") + 1) / 2.0
+    k = len(ours)
+    observed = ranks[:k].sum() - k * (k + 1) / 2
+    gen = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, permutations, 10_000):
+        draws = gen.random((min(10_000, permutations - start), len(pooled))).argsort(1)[:, :k]
+        hits += int((ranks[draws].sum(1) - k * (k + 1) / 2 >= observed - 1e-9).sum())
+    return float(observed), hits / permutations

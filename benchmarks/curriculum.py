@@ -37,10 +37,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import spawn  # noqa: E402
+from common import rank_test, spawn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/ppo_alp_gmm_gated_corridor.yaml"
@@ -68,23 +66,6 @@ def run_teacher(teacher: str, seed: int, steps: int, evals: int, overrides: Sequ
         "steps": [t["step"] for t in tests],
         "train_seconds": results["wall_time_s"] - results["eval_time_s"] - results["setup_time_s"],
     }
-
-
-def rank_test(ours: Sequence[float], peer: Sequence[float], permutations: int = 200_000,
-              seed: int = 0) -> tuple[float, float]:
-    """Mann-Whitney U of ``ours`` over ``peer`` (ties count 1/2) and its one-sided permutation p-value."""
-    pooled = np.asarray([*ours, *peer], dtype=np.float64)
-    # midranks: U = (sum of our ranks) - k (k + 1) / 2 for any split of the pooled values
-    ordered = np.sort(pooled)
-    ranks = (np.searchsorted(ordered, pooled, "left") + np.searchsorted(ordered, pooled, "right") + 1) / 2.0
-    k = len(ours)
-    observed = ranks[:k].sum() - k * (k + 1) / 2
-    gen = np.random.default_rng(seed)
-    hits = 0
-    for start in range(0, permutations, 10_000):
-        draws = gen.random((min(10_000, permutations - start), len(pooled))).argsort(1)[:, :k]
-        hits += int((ranks[draws].sum(1) - k * (k + 1) / 2 >= observed - 1e-9).sum())
-    return float(observed), hits / permutations
 
 
 def _spread(values: list[float]) -> str:

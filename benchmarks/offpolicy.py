@@ -24,19 +24,28 @@ Experiments:
     python benchmarks/offpolicy.py pendulum [--seeds 3]
     python benchmarks/offpolicy.py cartpole [--seeds 3]
     python benchmarks/offpolicy.py halfcheetah [--seeds 1] [--budget 100000]
+
+``--contenders lifelong_td3,sb3_td3`` runs a subset, ``--first-seed`` shifts the seeds and
+``--jobs 2`` runs two contenders at a time (a lifelong/SB3 pair of one seed side by side,
+which suits returns; for speed ratios keep the default of one). The summary of final
+returns gives each side's mean and min..max, the Mann-Whitney U of the peer's returns
+over lifelong's with its one-sided permutation p, and the verdict of "within the peer's
+seed spread": lifelong's mean inside the peer's [min, max] and p >= 0.05.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, spawn  # noqa: E402
+from common import median, rank_test, spawn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,12 +201,22 @@ EXPERIMENTS = {
 DEFAULT_BUDGET = {"pendulum": PENDULUM["budget"], "cartpole": CARTPOLE["budget"], "halfcheetah": 100_000}
 
 
+def within_spread(ours: list[float], peer: list[float]) -> tuple[str, float, float]:
+    """Verdict of "lifelong's returns within the peer's seed spread", with U of the peer over lifelong and p."""
+    u, p = rank_test(peer, ours)
+    inside = min(peer) <= statistics.mean(ours) <= max(peer)
+    return ("met" if inside and p >= 0.05 else "not met"), u, p
+
+
 def main() -> None:
     """Run every contender of one experiment for every seed; print the rows and the median ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--budget", type=int, default=None)
+    parser.add_argument("--contenders", default=None, help="comma-separated subset (default: all of the experiment)")
+    parser.add_argument("--jobs", type=int, default=1, help="contenders run at a time")
     parser.add_argument("--worker")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -206,15 +225,24 @@ def main() -> None:
     if args.worker:
         print(json.dumps(workers[args.worker](args.seed, budget)))
         return
+    names = [n for n in (args.contenders or ",".join(workers)).split(",") if n]
+    unknown = sorted(set(names) - set(workers))
+    if unknown:
+        parser.error(f"--contenders: {unknown} not allowed for {args.experiment} (allowed: {', '.join(workers)})")
 
-    rows: dict[str, list[dict]] = {name: [] for name in workers}
+    jobs = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        shift = seed % len(names)
+        jobs += [(name, seed) for name in names[shift:] + names[:shift]]
+    rows: dict[str, list[dict]] = {name: [] for name in names}
     print(f"{args.experiment}, budget {budget} env steps")
     print(f"{'contender':<14} {'seed':>4} {'s to solve':>10} {'steps':>7} {'final return':>12} "
           f"{'train s':>8} {'train SPS':>9}")
-    for seed in range(args.seeds):
-        order = list(workers)
-        for name in order[seed % len(order):] + order[: seed % len(order)]:
-            row = spawn(__file__, name, seed, args.experiment, "--budget", str(budget))
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [(name, seed, pool.submit(spawn, __file__, name, seed, args.experiment, "--budget", str(budget)))
+                   for name, seed in jobs]
+        for name, seed, future in futures:
+            row = future.result()
             rows[name].append(row)
             secs = f"{row['seconds_to_solve']:.1f}" if row.get("seconds_to_solve") else "-"
             print(f"{name:<14} {seed:>4} {secs:>10} {row['steps'] or '-':>7} {row['final_return']:>12.1f} "
@@ -222,17 +250,26 @@ def main() -> None:
 
     print()
     print("medians; ratio = how many times better lifelong is")
-    for ours_name in [n for n in workers if n.startswith("lifelong_")]:
+    for ours_name in [n for n in names if n.startswith("lifelong_")]:
         peer_name = "sb3_" + ours_name.removeprefix("lifelong_")
+        if peer_name not in rows:
+            continue
         for key, label in (("seconds_to_solve", "s from start to solve"), ("steps", "env steps to solve"),
                            ("final_return", "final eval return"), ("train_sps", "training SPS")):
             ours, peer = median(rows[ours_name], key), median(rows[peer_name], key)
             if ours is None or peer is None:
                 continue
             if key == "final_return":
+                mine = [r[key] for r in rows[ours_name]]
                 spread = [r[key] for r in rows[peer_name]]
+                verdict, u, p = within_spread(mine, spread)
                 print(f"{label:<22} {ours_name} {ours:>9.1f}  {peer_name} {peer:>9.1f} "
                       f"(peer seeds {min(spread):.1f}..{max(spread):.1f})")
+                ratio = f" ({statistics.mean(mine) / statistics.mean(spread):.2f}x)" if min(spread) > 0 else ""
+                print(f"{'final eval return':<22} means {statistics.mean(mine):.1f} and {statistics.mean(spread):.1f}"
+                      f"{ratio}; U of {peer_name} over "
+                      f"{ours_name} {u:g}/{len(mine) * len(spread)}, one-sided p {p:.4f}; within the peer's "
+                      f"seed spread: {verdict}")
                 continue
             ratio = ours / peer if key == "train_sps" else peer / ours
             print(f"{label:<22} {ours_name} {ours:>9.1f}  {peer_name} {peer:>9.1f}  ratio {ratio:.2f}x")
