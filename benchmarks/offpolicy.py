@@ -265,9 +265,9 @@ def main() -> None:
                 verdict, u, p = within_spread(mine, spread)
                 print(f"{label:<22} {ours_name} {ours:>9.1f}  {peer_name} {peer:>9.1f} "
                       f"(peer seeds {min(spread):.1f}..{max(spread):.1f})")
-                ratio = f" ({statistics.mean(mine) / statistics.mean(spread):.2f}x)" if min(spread) > 0 else ""
+                of_peer = f" ({statistics.mean(mine) / statistics.mean(spread):.2f}x)" if min(spread) > 0 else ""
                 print(f"{'final eval return':<22} means {statistics.mean(mine):.1f} and {statistics.mean(spread):.1f}"
-                      f"{ratio}; U of {peer_name} over "
+                      f"{of_peer}; U of {peer_name} over "
                       f"{ours_name} {u:g}/{len(mine) * len(spread)}, one-sided p {p:.4f}; within the peer's "
                       f"seed spread or above: {verdict}")
                 continue

@@ -190,7 +190,7 @@ def test_td3_update_equals_stable_baselines3_td3(tmp_path):
     Covers critic loss, target policy smoothing, the delayed actor step, the Polyak step
     of all targets and Adam: what is left to differ between the two is collection.
     """
-    gym = pytest.importorskip("gymnasium")
+    import gymnasium as gym
     from stable_baselines3 import TD3
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.type_aliases import ReplayBufferSamples
@@ -236,7 +236,7 @@ def test_dqn_update_equals_stable_baselines3_dqn(tmp_path):
     Covers the max-target, the Huber loss, the gradient-norm clip and Adam (SB3 moves the
     target network outside ``train``, as lifelong does after collection).
     """
-    gym = pytest.importorskip("gymnasium")
+    import gymnasium as gym
     from stable_baselines3 import DQN
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.type_aliases import ReplayBufferSamples
