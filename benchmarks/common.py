@@ -7,7 +7,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -23,6 +24,19 @@ def spawn(script: str, name: str, seed: int, *extra: str) -> dict:
     if "solved_at" in out:
         out["seconds_to_solve"] = out["solved_at"] - started if out["solved_at"] else None
     return out
+
+
+def spawn_rotated(script: str, names: Sequence[str], seeds: range, jobs: int,
+                  *extra: str) -> Iterator[tuple[str, int, dict]]:
+    """``spawn`` every name for every seed, ``jobs`` at a time; yield ``(name, seed, row)`` in submission order.
+
+    The order of the names rotates seed by seed, so machine noise does not favour one of them.
+    """
+    order = [(names[(seed + i) % len(names)], seed) for seed in seeds for i in range(len(names))]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [(name, seed, pool.submit(spawn, script, name, seed, *extra)) for name, seed in order]
+        for name, seed, future in futures:
+            yield name, seed, future.result()
 
 
 def median(rows: list[dict], key: str) -> float | None:

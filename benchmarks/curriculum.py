@@ -34,11 +34,10 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import rank_test, spawn  # noqa: E402
+from common import rank_test, spawn_rotated  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/ppo_alp_gmm_gated_corridor.yaml"
@@ -98,20 +97,13 @@ def main() -> None:
     unknown = sorted(set(teachers) - set(TEACHERS))
     if unknown:
         parser.error(f"--teachers: {unknown} not allowed (allowed: {', '.join(TEACHERS)})")
-    jobs = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        shift = seed % len(teachers)
-        jobs += [(name, seed) for name in teachers[shift:] + teachers[:shift]]
-
     rows: dict[str, list[dict]] = {name: [] for name in teachers}
     print(f"{'teacher':<10} {'seed':>4} {'mastered % at each evaluation':<32} {'train s':>8}", flush=True)
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [(name, seed, pool.submit(spawn, __file__, name, seed, *extra)) for name, seed in jobs]
-        for name, seed, future in futures:
-            row = future.result()
-            rows[name].append(row)
-            trace = " ".join(f"{m:.0f}" for m in row["mastered"])
-            print(f"{name:<10} {seed:>4} {trace:<32} {row['train_seconds']:>8.1f}", flush=True)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for name, seed, row in spawn_rotated(__file__, teachers, seeds, args.jobs, *extra):
+        rows[name].append(row)
+        trace = " ".join(f"{m:.0f}" for m in row["mastered"])
+        print(f"{name:<10} {seed:>4} {trace:<32} {row['train_seconds']:>8.1f}", flush=True)
 
     print()
     print(f"{args.steps:,} env steps per run, {args.seeds} seeds; mean (min..max) over seeds; "

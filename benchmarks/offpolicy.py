@@ -41,11 +41,10 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, rank_test, spawn  # noqa: E402
+from common import median, rank_test, spawn_rotated  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,23 +229,16 @@ def main() -> None:
     if unknown:
         parser.error(f"--contenders: {unknown} not allowed for {args.experiment} (allowed: {', '.join(workers)})")
 
-    jobs = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        shift = seed % len(names)
-        jobs += [(name, seed) for name in names[shift:] + names[:shift]]
     rows: dict[str, list[dict]] = {name: [] for name in names}
     print(f"{args.experiment}, budget {budget} env steps")
     print(f"{'contender':<14} {'seed':>4} {'s to solve':>10} {'steps':>7} {'final return':>12} "
           f"{'train s':>8} {'train SPS':>9}")
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [(name, seed, pool.submit(spawn, __file__, name, seed, args.experiment, "--budget", str(budget)))
-                   for name, seed in jobs]
-        for name, seed, future in futures:
-            row = future.result()
-            rows[name].append(row)
-            secs = f"{row['seconds_to_solve']:.1f}" if row.get("seconds_to_solve") else "-"
-            print(f"{name:<14} {seed:>4} {secs:>10} {row['steps'] or '-':>7} {row['final_return']:>12.1f} "
-                  f"{row['train_seconds']:>8.1f} {row['train_sps']:>9.1f}", flush=True)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for name, seed, row in spawn_rotated(__file__, names, seeds, args.jobs, args.experiment, "--budget", str(budget)):
+        rows[name].append(row)
+        secs = f"{row['seconds_to_solve']:.1f}" if row.get("seconds_to_solve") else "-"
+        print(f"{name:<14} {seed:>4} {secs:>10} {row['steps'] or '-':>7} {row['final_return']:>12.1f} "
+              f"{row['train_seconds']:>8.1f} {row['train_sps']:>9.1f}", flush=True)
 
     print()
     print("medians; ratio = how many times better lifelong is")
